@@ -1,0 +1,346 @@
+//! Loading a bundle's `config.json` and checking it before anything is made.
+//!
+//! Everything a user can get wrong in a bundle is found here, so that `create` refuses it
+//! with a one-line message naming the field and leaves nothing behind.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle {0}: {1}")]
+    Bundle(PathBuf, String),
+    #[error("config.json: {0}")]
+    Parse(String),
+    #[error("config.json: {field}: {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> BundleError {
+    BundleError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// A parsed, validated bundle: the spec plus the absolute paths it refers to.
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub spec: Spec,
+    pub rootfs: PathBuf,
+}
+
+/// Valid container IDs, as runc accepts them: `[A-Za-z0-9_+.-]+`, not `.` or `..`.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("container ID must not be empty".into());
+    }
+    if id == "." || id == ".." {
+        return Err(format!("invalid container ID {id:?}"));
+    }
+    if id.len() > 1024 {
+        return Err("container ID is longer than 1024 characters".into());
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_+-.".contains(*c)))
+    {
+        return Err(format!(
+            "invalid container ID {id:?}: character {c:?} is not allowed (use letters, digits, _ + - .)"
+        ));
+    }
+    Ok(())
+}
+
+impl Bundle {
+    /// Read `dir/config.json`, parse it and validate it.
+    pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
+        let dir = std::fs::canonicalize(dir)
+            .map_err(|e| BundleError::Bundle(dir.to_path_buf(), e.to_string()))?;
+        let cfg = dir.join("config.json");
+        let data = std::fs::read(&cfg)
+            .map_err(|e| BundleError::Bundle(dir.clone(), format!("config.json: {e}")))?;
+        let spec = parse(&data)?;
+        let rootfs = validate(&dir, &spec)?;
+        Ok(Bundle { dir, spec, rootfs })
+    }
+}
+
+/// Parse config.json, naming the JSON path of the offending field on error.
+pub fn parse(data: &[u8]) -> Result<Spec, BundleError> {
+    let de = &mut serde_json::Deserializer::from_slice(data);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            BundleError::Parse(inner.to_string())
+        } else {
+            BundleError::Parse(format!("{path}: {inner}"))
+        }
+    })
+}
+
+fn validate(dir: &Path, spec: &Spec) -> Result<PathBuf, BundleError> {
+    let version = spec.version();
+    if !version.starts_with("1.") {
+        return Err(invalid(
+            "ociVersion",
+            format!("unsupported version {version:?}, expected 1.x"),
+        ));
+    }
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| invalid("root", "missing"))?;
+    let rootfs = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        dir.join(root.path())
+    };
+    match std::fs::metadata(&rootfs) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(invalid(
+                "root.path",
+                format!("{} is not a directory", rootfs.display()),
+            ))
+        }
+        Err(e) => return Err(invalid("root.path", format!("{}: {e}", rootfs.display()))),
+    }
+    if let Some(p) = spec.process() {
+        validate_process(p)?;
+    }
+    if let Some(mounts) = spec.mounts() {
+        for (i, m) in mounts.iter().enumerate() {
+            let field = format!("mounts[{i}]");
+            if m.destination().as_os_str().is_empty() {
+                return Err(invalid(format!("{field}.destination"), "must not be empty"));
+            }
+            let typ = m.typ().as_deref().unwrap_or("");
+            let opts = m.options().as_deref().unwrap_or(&[]);
+            let is_bind = typ == "bind" || opts.iter().any(|o| o == "bind" || o == "rbind");
+            if is_bind && m.source().is_none() {
+                return Err(invalid(
+                    format!("{field}.source"),
+                    "a bind mount needs a source",
+                ));
+            }
+            if !is_bind && typ.is_empty() {
+                return Err(invalid(
+                    format!("{field}.type"),
+                    "missing (and options name no bind)",
+                ));
+            }
+        }
+    }
+    let linux = spec.linux().as_ref();
+    let namespaces = linux.and_then(|l| l.namespaces().as_ref());
+    let mut seen = HashSet::new();
+    for (i, ns) in namespaces.into_iter().flatten().enumerate() {
+        if !seen.insert(ns.typ()) {
+            return Err(invalid(
+                format!("linux.namespaces[{i}]"),
+                format!("namespace type {} appears twice", ns.typ()),
+            ));
+        }
+        if ns.typ() == LinuxNamespaceType::Time {
+            return Err(invalid(
+                format!("linux.namespaces[{i}].type"),
+                "time namespaces are not supported",
+            ));
+        }
+        if let Some(p) = ns.path() {
+            if !p.is_absolute() {
+                return Err(invalid(
+                    format!("linux.namespaces[{i}].path"),
+                    "must be absolute",
+                ));
+            }
+            if let Err(e) = std::fs::metadata(p) {
+                return Err(invalid(
+                    format!("linux.namespaces[{i}].path"),
+                    format!("{}: {e}", p.display()),
+                ));
+            }
+        }
+    }
+    let has = |t: LinuxNamespaceType| seen.contains(&t);
+    if let Some(l) = linux {
+        let maps = l.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+            || l.gid_mappings().as_ref().is_some_and(|m| !m.is_empty());
+        let new_userns = namespaces
+            .into_iter()
+            .flatten()
+            .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
+        if maps && !new_userns {
+            return Err(invalid(
+                "linux.uidMappings",
+                "mappings need a new user namespace",
+            ));
+        }
+        if new_userns
+            && (l.uid_mappings().as_ref().is_none_or(|m| m.is_empty())
+                || l.gid_mappings().as_ref().is_none_or(|m| m.is_empty()))
+        {
+            return Err(invalid(
+                "linux.uidMappings",
+                "a new user namespace needs uid and gid mappings",
+            ));
+        }
+        for (key, _) in l.sysctl().iter().flatten() {
+            validate_sysctl(key, &has)?;
+        }
+        if let Some(p) = l.rootfs_propagation() {
+            if !matches!(
+                p.as_str(),
+                "" | "private"
+                    | "rprivate"
+                    | "slave"
+                    | "rslave"
+                    | "shared"
+                    | "rshared"
+                    | "unbindable"
+                    | "runbindable"
+            ) {
+                return Err(invalid(
+                    "linux.rootfsPropagation",
+                    format!("unknown propagation {p:?}"),
+                ));
+            }
+        }
+        for (i, d) in l.devices().iter().flatten().enumerate() {
+            if !d.path().is_absolute() {
+                return Err(invalid(
+                    format!("linux.devices[{i}].path"),
+                    "must be absolute",
+                ));
+            }
+        }
+    }
+    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !has(LinuxNamespaceType::Uts) {
+        return Err(invalid(
+            "hostname",
+            "setting a hostname needs a new uts namespace",
+        ));
+    }
+    if spec.domainname().as_deref().is_some_and(|h| !h.is_empty()) && !has(LinuxNamespaceType::Uts)
+    {
+        return Err(invalid(
+            "domainname",
+            "setting a domainname needs a new uts namespace",
+        ));
+    }
+    Ok(rootfs)
+}
+
+fn validate_process(p: &oci_spec::runtime::Process) -> Result<(), BundleError> {
+    match p.args() {
+        Some(a) if !a.is_empty() && !a[0].is_empty() => {}
+        _ => return Err(invalid("process.args", "must name the program to run")),
+    }
+    if !p.cwd().is_absolute() {
+        return Err(invalid(
+            "process.cwd",
+            format!("{:?} is not an absolute path", p.cwd()),
+        ));
+    }
+    for (i, e) in p.env().iter().flatten().enumerate() {
+        if !e.contains('=') || e.starts_with('=') {
+            return Err(invalid(
+                format!("process.env[{i}]"),
+                format!("{e:?} is not NAME=VALUE"),
+            ));
+        }
+    }
+    let mut types = HashSet::new();
+    for (i, r) in p.rlimits().iter().flatten().enumerate() {
+        if r.soft() > r.hard() {
+            return Err(invalid(
+                format!("process.rlimits[{i}]"),
+                "soft limit is above the hard limit",
+            ));
+        }
+        if !types.insert(r.typ() as u32) {
+            return Err(invalid(
+                format!("process.rlimits[{i}].type"),
+                format!("{} appears twice", r.typ()),
+            ));
+        }
+    }
+    if let Some(adj) = p.oom_score_adj() {
+        if !(-1000..=1000).contains(&adj) {
+            return Err(invalid(
+                "process.oomScoreAdj",
+                "must be between -1000 and 1000",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Namespaced sysctls only, each with the namespace it lives in (as runc checks them).
+fn validate_sysctl(key: &str, has: &dyn Fn(LinuxNamespaceType) -> bool) -> Result<(), BundleError> {
+    let field = format!("linux.sysctl[{key:?}]");
+    if key.is_empty() || key.split(['.', '/']).any(|c| c.is_empty() || c == "..") {
+        return Err(invalid(field, "not a valid sysctl name"));
+    }
+    let ipc = matches!(
+        key,
+        "kernel.msgmax"
+            | "kernel.msgmnb"
+            | "kernel.msgmni"
+            | "kernel.sem"
+            | "kernel.shmall"
+            | "kernel.shmmax"
+            | "kernel.shmmni"
+            | "kernel.shm_rmid_forced"
+    ) || key.starts_with("fs.mqueue.");
+    if ipc {
+        return if has(LinuxNamespaceType::Ipc) {
+            Ok(())
+        } else {
+            Err(invalid(field, "needs a new ipc namespace"))
+        };
+    }
+    if key.starts_with("net.") {
+        return if has(LinuxNamespaceType::Network) {
+            Ok(())
+        } else {
+            Err(invalid(field, "needs a new network namespace"))
+        };
+    }
+    if key == "kernel.hostname" || key == "kernel.domainname" {
+        return Err(invalid(field, "set the hostname/domainname fields instead"));
+    }
+    Err(invalid(
+        field,
+        "is not namespaced: it would change the host",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(validate_id("abc-1_2.3+x").is_ok());
+        for bad in ["", ".", "..", "a/b", "../x", "a b", "a\0b"] {
+            assert!(validate_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let e =
+            parse(br#"{"ociVersion":"1.0.2","process":{"cwd":"/","user":{"uid":"x","gid":0}}}"#)
+                .err()
+                .unwrap()
+                .to_string();
+        assert!(e.contains("process.user.uid"), "{e}");
+        let e = parse(b"{not json").err().unwrap().to_string();
+        assert!(e.starts_with("config.json:"), "{e}");
+    }
+}

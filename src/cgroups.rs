@@ -1,0 +1,213 @@
+//! The container's cgroup, through `libcgroups` (v1, hybrid and v2): where it lives, putting
+//! processes in it, applying `linux.resources`, signalling and removing it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use libcgroups::common::{
+    create_cgroup_manager_with_root, AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt,
+    FreezerState,
+};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use oci_spec::runtime::LinuxResources;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroup {path}: {reason}")]
+    Manager { path: PathBuf, reason: String },
+    #[error("cgroup {path}: applying linux.resources: {reason}")]
+    Apply { path: PathBuf, reason: String },
+    #[error("cgroup {path}: adding process {pid}: {reason}")]
+    Add {
+        path: PathBuf,
+        pid: i32,
+        reason: String,
+    },
+    #[error("cgroup {path}: still busy after killing its processes: {reason}")]
+    Remove { path: PathBuf, reason: String },
+    #[error("invalid cgroupsPath {0:?}: {1}")]
+    BadPath(String, String),
+}
+
+/// The cgroup path of a container: `linux.cgroupsPath` or `/runvz/<id>`. A systemd-style
+/// `slice:prefix:name` is mapped onto the cgroupfs path systemd would use, since no systemd
+/// runs here to ask.
+pub fn path_for(cgroups_path: Option<&Path>, id: &str) -> Result<PathBuf, CgroupError> {
+    let Some(p) = cgroups_path.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(PathBuf::from("/runvz").join(id));
+    };
+    let s = p.to_string_lossy();
+    let path = if !s.starts_with('/') && s.matches(':').count() == 2 {
+        let mut it = s.splitn(3, ':');
+        let (slice, prefix, name) = (
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+        );
+        let slice = if slice.is_empty() {
+            "system.slice"
+        } else {
+            slice
+        };
+        let unit = if prefix.is_empty() {
+            format!("{name}.scope")
+        } else {
+            format!("{prefix}-{name}.scope")
+        };
+        PathBuf::from("/").join(slice).join(unit)
+    } else {
+        Path::new("/").join(p)
+    };
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(CgroupError::BadPath(
+            s.into_owned(),
+            "must not contain \"..\"".into(),
+        ));
+    }
+    Ok(path)
+}
+
+pub struct Cgroup {
+    path: PathBuf,
+    mgr: AnyCgroupManager,
+}
+
+impl Cgroup {
+    /// A handle on the cgroup at `path` (not created until a process is added).
+    /// `root` overrides the cgroup mount root (tests of the v2 paths use a fake tree).
+    pub fn open(path: &Path, root: Option<&Path>) -> Result<Cgroup, CgroupError> {
+        let cfg = CgroupConfig {
+            cgroup_path: path.to_path_buf(),
+            systemd_cgroup: false,
+            container_name: String::new(),
+        };
+        let mgr = create_cgroup_manager_with_root(root, cfg).map_err(|e| CgroupError::Manager {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Ok(Cgroup {
+            path: path.to_path_buf(),
+            mgr,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
+        self.mgr
+            .add_task(Pid::from_raw(pid))
+            .map_err(|e| CgroupError::Add {
+                path: self.path.clone(),
+                pid,
+                reason: e.to_string(),
+            })
+    }
+
+    pub fn apply(
+        &self,
+        resources: &LinuxResources,
+        oom_score_adj: Option<i32>,
+    ) -> Result<(), CgroupError> {
+        let opt = ControllerOpt {
+            resources,
+            disable_oom_killer: resources
+                .memory()
+                .as_ref()
+                .and_then(|m| m.disable_oom_killer())
+                .unwrap_or(false),
+            oom_score_adj,
+            freezer_state: None,
+        };
+        self.mgr.apply(&opt).map_err(|e| CgroupError::Apply {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// PIDs of every process in the cgroup (empty when it does not exist).
+    pub fn pids(&self) -> Vec<i32> {
+        self.mgr
+            .get_all_pids()
+            .map(|v| v.into_iter().map(|p| p.as_raw()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let st = if frozen {
+            FreezerState::Frozen
+        } else {
+            FreezerState::Thawed
+        };
+        self.mgr.freeze(st).map_err(|e| CgroupError::Manager {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Send `sig` to every process in the cgroup. Returns how many were signalled.
+    pub fn signal_all(&self, sig: Signal) -> usize {
+        let pids = self.pids();
+        for p in &pids {
+            let _ = nix::sys::signal::kill(Pid::from_raw(*p), sig);
+        }
+        pids.len()
+    }
+
+    /// Kill everything in the cgroup (frozen first, so nothing forks in between) and remove it.
+    pub fn destroy(&self) -> Result<(), CgroupError> {
+        let _ = self.freeze(true);
+        self.signal_all(Signal::SIGKILL);
+        let _ = self.freeze(false);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if self.pids().is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            self.signal_all(Signal::SIGKILL);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut last = None;
+        for _ in 0..50 {
+            match self.mgr.remove() {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e.to_string()),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(CgroupError::Remove {
+            path: self.path.clone(),
+            reason: last.unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn paths() {
+        assert_eq!(path_for(None, "c").unwrap(), PathBuf::from("/runvz/c"));
+        assert_eq!(
+            path_for(Some(Path::new("/a/b")), "c").unwrap(),
+            PathBuf::from("/a/b")
+        );
+        assert_eq!(
+            path_for(Some(Path::new("a/b")), "c").unwrap(),
+            PathBuf::from("/a/b")
+        );
+        assert_eq!(
+            path_for(Some(Path::new("system.slice:runvz:c1")), "c").unwrap(),
+            PathBuf::from("/system.slice/runvz-c1.scope")
+        );
+        assert!(path_for(Some(Path::new("/a/../../b")), "c").is_err());
+    }
+}

@@ -1,0 +1,154 @@
+//! `create`: validate, record, then make — in that order, so that a crash at any point leaves
+//! a record from which `delete --force` finds everything that may exist.
+
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::Mode;
+
+use super::{Container, ContainerError};
+use crate::bundle::{self, Bundle};
+use crate::cgroups::{self, Cgroup};
+use crate::namespaces::Plan;
+use crate::process::{self, Event, InitConfig};
+use crate::state::{self, Locked, Record, Status, Store};
+use crate::{hooks, sys};
+
+pub struct CreateOptions<'a> {
+    pub bundle: &'a Path,
+    pub pid_file: Option<&'a Path>,
+    pub no_pivot: bool,
+    pub preserve_fds: i32,
+}
+
+/// Write the pid file atomically (callers poll for it).
+pub(super) fn write_pid_file(path: &Path, pid: i32, id: &str) -> Result<(), ContainerError> {
+    let io = |source| ContainerError::Io {
+        id: id.to_string(),
+        what: format!("pid file {}", path.display()),
+        source,
+    };
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|f| f.to_str()).unwrap_or("pid")
+    ));
+    std::fs::write(&tmp, pid.to_string()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Undo a failed create: kill and remove the cgroup (with everything in it), then the record.
+fn abandon(locked: Locked, cgroup: Option<&Cgroup>, pid: i32, rec: &Record) {
+    if pid > 0 {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    }
+    if let Some(cg) = cgroup {
+        if let Err(e) = cg.destroy() {
+            tracing::warn!("cleaning up after failed create: {e}");
+        }
+    }
+    if rec.host_mounts {
+        if let Err(e) = crate::rootfs::unmount_under(&rec.rootfs) {
+            tracing::warn!("cleaning up after failed create: {e}");
+        }
+    }
+    let _ = locked.remove();
+}
+
+pub fn create(store: &Store, id: &str, opts: &CreateOptions) -> Result<Container, ContainerError> {
+    bundle::validate_id(id).map_err(ContainerError::InvalidId)?;
+    let b = Bundle::load(opts.bundle)?;
+    let linux = b.spec.linux().as_ref();
+    let cgroup_path = cgroups::path_for(linux.and_then(|l| l.cgroups_path().as_deref()), id)?;
+    let plan = Plan::from_spec(&b.spec);
+    // Everything the user can get wrong is checked above; from here on we make things.
+    let locked = store.claim(id)?;
+    let me = nix::unistd::getpid().as_raw();
+    let mut rec = Record {
+        oci_version: b.spec.version().clone(),
+        id: id.to_string(),
+        status: Status::Creating,
+        pid: 0,
+        pid_start: 0,
+        bundle: b.dir.clone(),
+        rootfs: b.rootfs.clone(),
+        created: state::now_rfc3339(),
+        annotations: b.spec.annotations().clone().unwrap_or_default(),
+        owner: String::new(),
+        cgroup_path: Some(cgroup_path.clone()),
+        host_mounts: !plan.has(oci_spec::runtime::LinuxNamespaceType::Mount),
+        creator_pid: me,
+        creator_start: sys::proc_start_time(me).map(|s| s.0).unwrap_or(0),
+        config: serde_json::to_value(&b.spec).ok(),
+    };
+    if let Err(e) = locked.write(&rec) {
+        let _ = locked.remove();
+        return Err(e.into());
+    }
+    let fifo: PathBuf = locked.fifo_path();
+    if let Err(e) = nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)) {
+        let _ = locked.remove();
+        return Err(ContainerError::Io {
+            id: id.into(),
+            what: "exec fifo".into(),
+            source: e.into(),
+        });
+    }
+    let cgroup = match Cgroup::open(&cgroup_path, None) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = locked.remove();
+            return Err(e.into());
+        }
+    };
+    let cfg = InitConfig {
+        id,
+        spec: &b.spec,
+        bundle: &b.dir,
+        rootfs: &b.rootfs,
+        fifo: &fifo,
+        no_pivot: opts.no_pivot,
+        preserve_fds: opts.preserve_fds,
+        plan,
+    };
+    let spec = &b.spec;
+    let result = process::spawn(&cfg, &cgroup, &mut |ev| match ev {
+        Event::InitPid(pid) => {
+            rec.pid = pid;
+            rec.pid_start = sys::proc_start_time(pid).map(|s| s.0).unwrap_or(0);
+            locked.write(&rec).map_err(|e| e.to_string())
+        }
+        Event::HooksRuntime(pid) => {
+            let st = hooks::state_json(spec, id, "creating", pid, &b.dir);
+            if let Some(h) = spec.hooks().as_ref() {
+                #[allow(deprecated)]
+                let pre = h.prestart().clone().unwrap_or_default();
+                hooks::run("prestart", &pre, &st).map_err(|e| e.to_string())?;
+                let cr = h.create_runtime().clone().unwrap_or_default();
+                hooks::run("createRuntime", &cr, &st).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+    });
+    let pid = match result {
+        Ok(pid) => pid,
+        Err(e) => {
+            abandon(locked, Some(&cgroup), rec.pid, &rec);
+            return Err(e.into());
+        }
+    };
+    rec.status = Status::Created;
+    rec.creator_pid = 0;
+    rec.creator_start = 0;
+    if let Err(e) = locked.write(&rec) {
+        abandon(locked, Some(&cgroup), pid, &rec);
+        return Err(e.into());
+    }
+    if let Some(p) = opts.pid_file {
+        if let Err(e) = write_pid_file(p, pid, id) {
+            abandon(locked, Some(&cgroup), pid, &rec);
+            return Err(e);
+        }
+    }
+    let dir = locked.dir.clone();
+    drop(locked);
+    Ok(Container { rec, dir })
+}

@@ -1,0 +1,123 @@
+//! The container lifecycle: `create`, `start`, `state`, `kill`, `delete`, `run`, `list`.
+//!
+//! A container's truth is split in two: what the runtime recorded (`state::Record`) and what
+//! the kernel says (is the init alive, is it the same process). `Container::status` combines
+//! them, so a crashed runtime or a killed container never leaves a status that lies.
+
+mod create;
+mod ops;
+
+pub use create::{create, CreateOptions};
+pub use ops::{delete, kill, list, run, start, state, RunOptions};
+
+use std::path::PathBuf;
+
+use crate::state::{Record, StateError, Status, Store};
+use crate::{bundle, cgroups, hooks, process, signal, sys};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    Bundle(#[from] bundle::BundleError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroups::CgroupError),
+    #[error(transparent)]
+    Process(#[from] process::ProcessError),
+    #[error(transparent)]
+    Hook(#[from] hooks::HookError),
+    #[error(transparent)]
+    Signal(#[from] signal::SignalError),
+    #[error("{0}")]
+    InvalidId(String),
+    #[error("container {id} is {status}: {what}")]
+    WrongState {
+        id: String,
+        status: Status,
+        what: String,
+    },
+    #[error("container {id}: {what}: {source}")]
+    Io {
+        id: String,
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// A container as found in the store.
+pub struct Container {
+    pub rec: Record,
+    pub dir: PathBuf,
+}
+
+/// Whether `pid` still is the process that had `start` as its start time (and not a zombie).
+fn alive(pid: i32, start: u64) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match sys::proc_start_time(pid) {
+        Some((s, state)) => s == start && state != 'Z' && state != 'X',
+        None => false,
+    }
+}
+
+impl Container {
+    pub fn load(store: &Store, id: &str) -> Result<Container, ContainerError> {
+        let rec = store.read(id)?;
+        Ok(Container {
+            rec,
+            dir: store.root().join(id),
+        })
+    }
+
+    /// The status derived from the record and the live process.
+    pub fn status(&self) -> Status {
+        let r = &self.rec;
+        match r.status {
+            Status::Creating if alive(r.creator_pid, r.creator_start) => Status::Creating,
+            // The create that made it died: whatever is left is not a usable container.
+            Status::Creating => Status::Stopped,
+            Status::Stopped => Status::Stopped,
+            Status::Created | Status::Running | Status::Paused => {
+                if !alive(r.pid, r.pid_start) {
+                    Status::Stopped
+                } else if self.dir.join(crate::state::FIFO).exists() {
+                    Status::Created
+                } else if r.status == Status::Paused {
+                    Status::Paused
+                } else {
+                    Status::Running
+                }
+            }
+        }
+    }
+
+    /// The OCI state document (`runvz state`).
+    pub fn oci_state(&self) -> serde_json::Value {
+        let status = self.status();
+        let pid = if status == Status::Stopped {
+            0
+        } else {
+            self.rec.pid
+        };
+        serde_json::json!({
+            "ociVersion": self.rec.oci_version,
+            "id": self.rec.id,
+            "pid": pid,
+            "status": status.to_string(),
+            "bundle": self.rec.bundle,
+            "rootfs": self.rec.rootfs,
+            "created": self.rec.created,
+            "annotations": self.rec.annotations,
+            "owner": self.rec.owner,
+        })
+    }
+
+    pub fn cgroup(&self) -> Option<cgroups::Cgroup> {
+        self.rec
+            .cgroup_path
+            .as_deref()
+            .and_then(|p| cgroups::Cgroup::open(p, None).ok())
+    }
+}

@@ -1,0 +1,178 @@
+//! The runvz command line: parse runc's flags, call the library, turn errors into one-line
+//! messages and exit codes.
+
+mod cli;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use cli::{Cli, Cmd};
+use runvz::container::{self, CreateOptions, RunOptions};
+use runvz::state::Store;
+
+fn print_version() {
+    println!("runvz version {}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "commit: {}",
+        option_env!("RUNVZ_COMMIT").unwrap_or("unknown")
+    );
+    println!("spec: {}", runvz::SPEC_VERSION);
+}
+
+fn create_opts(a: &cli::CreateArgs) -> Result<CreateOptions<'_>> {
+    if a.preserve_fds < 0 {
+        bail!("--preserve-fds must not be negative");
+    }
+    if a.console_socket.is_some() {
+        bail!("--console-socket: terminals are not supported yet");
+    }
+    Ok(CreateOptions {
+        bundle: &a.bundle,
+        pid_file: a.pid_file.as_deref(),
+        no_pivot: a.no_pivot,
+        preserve_fds: a.preserve_fds,
+    })
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    if cli.version {
+        print_version();
+        return Ok(0);
+    }
+    let store = Store::new(&cli.root);
+    let Some(cmd) = cli.cmd else {
+        bail!("no command given (see runvz --help)");
+    };
+    match cmd {
+        Cmd::Create(a) => {
+            runvz::process::exe::ensure_sealed();
+            container::create(&store, &a.id, &create_opts(&a)?)?;
+        }
+        Cmd::Run { create, detach, .. } => {
+            runvz::process::exe::ensure_sealed();
+            let opts = RunOptions {
+                create: create_opts(&create)?,
+                detach,
+            };
+            return Ok(container::run(&store, &create.id, &opts)?);
+        }
+        Cmd::Start { id } => container::start(&store, &id)?,
+        Cmd::State { id } => {
+            let st = container::state(&store, &id)?;
+            println!("{}", serde_json::to_string_pretty(&st)?);
+        }
+        Cmd::Kill { all, id, signal } => {
+            let sig = runvz::signal::parse(&signal)?;
+            container::kill(&store, &id, sig, all)?;
+        }
+        Cmd::Delete { force, id } => container::delete(&store, &id, force)?,
+        Cmd::List { format, quiet } => {
+            let all = container::list(&store)?;
+            let mut out = std::io::stdout().lock();
+            if quiet {
+                for s in &all {
+                    writeln!(out, "{}", s["id"].as_str().unwrap_or(""))?;
+                }
+            } else if format == "json" {
+                writeln!(out, "{}", serde_json::to_string(&all)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<12} {:<8} {:<10} {:<40} {:<30} OWNER",
+                    "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+                )?;
+                for s in &all {
+                    writeln!(
+                        out,
+                        "{:<12} {:<8} {:<10} {:<40} {:<30} {}",
+                        s["id"].as_str().unwrap_or(""),
+                        s["pid"],
+                        s["status"].as_str().unwrap_or(""),
+                        s["bundle"].as_str().unwrap_or(""),
+                        s["created"].as_str().unwrap_or(""),
+                        s["owner"].as_str().unwrap_or("")
+                    )?;
+                }
+            }
+        }
+        Cmd::Spec { bundle, .. } => {
+            let path = bundle.join("config.json");
+            if path.exists() {
+                bail!("{} already exists; remove it first", path.display());
+            }
+            let spec = oci_spec::runtime::Spec::default();
+            let data = serde_json::to_string_pretty(&spec)?;
+            std::fs::write(&path, data).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(0)
+}
+
+fn main() -> ExitCode {
+    let args = cli::normalize_args(std::env::args().collect());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
+    let json = cli.log_format == "json";
+    let out: Box<dyn Write + Send> = match &cli.log {
+        Some(p) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                eprintln!("runvz: --log {}: {e}", p.display());
+                return ExitCode::from(1);
+            }
+        },
+        None => Box::new(std::io::stderr()),
+    };
+    let to_file = cli.log.is_some();
+    let logger = std::sync::Arc::new(cli::log::Logger::new(out, json, cli.debug, !to_file));
+    let _ = tracing::subscriber::set_global_default(LoggerRef(logger.clone()));
+    match run(cli) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            logger.line(&tracing::Level::ERROR, &msg);
+            if to_file {
+                eprintln!("runvz: {msg}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Lets main keep a handle on the global logger for the final error line.
+struct LoggerRef(std::sync::Arc<cli::log::Logger>);
+impl tracing::Subscriber for LoggerRef {
+    fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
+        self.0.enabled(m)
+    }
+    fn new_span(&self, a: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        self.0.new_span(a)
+    }
+    fn record(&self, i: &tracing::span::Id, r: &tracing::span::Record<'_>) {
+        self.0.record(i, r)
+    }
+    fn record_follows_from(&self, a: &tracing::span::Id, b: &tracing::span::Id) {
+        self.0.record_follows_from(a, b)
+    }
+    fn event(&self, e: &tracing::Event<'_>) {
+        self.0.event(e)
+    }
+    fn enter(&self, i: &tracing::span::Id) {
+        self.0.enter(i)
+    }
+    fn exit(&self, i: &tracing::span::Id) {
+        self.0.exit(i)
+    }
+}
