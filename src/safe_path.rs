@@ -233,7 +233,11 @@ mod tests {
         std::fs::create_dir_all(d.join("outside")).unwrap();
         symlink("/outside", root.join("escape")).unwrap();
         let r = Root::open(&root).unwrap();
-        // Creating through the symlink must land inside the root, not in d/outside.
+        // Dangling inside the root: refused, and nothing is made on the host.
+        assert!(r.mkdir_all(Path::new("/escape/x"), Kind::Dir).is_err());
+        assert!(!d.join("outside/x").exists());
+        // Resolving inside the root: created there, never in the host's d/outside.
+        std::fs::create_dir_all(root.join("outside")).unwrap();
         r.mkdir_all(Path::new("/escape/x"), Kind::Dir).unwrap();
         assert!(root.join("outside/x").is_dir());
         assert!(!d.join("outside/x").exists());
