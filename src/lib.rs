@@ -4,7 +4,7 @@
 //! 1. the CLI (`main.rs`, `cli/`),
 //! 2. the container lifecycle (`container`),
 //! 3. process setup (`process`),
-//! 4. the subsystems (`rootfs`, `namespaces`, `cgroups`, `hooks`),
+//! 4. the subsystems (`rootfs`, `namespaces`, `cgroups`, `hooks`, `seccomp`),
 //! 5. syscall wrappers, in-rootfs paths, the bundle, the state store (`sys`, `safe_path`,
 //!    `bundle`, `state`, `signal`).
 
@@ -16,6 +16,7 @@ pub mod namespaces;
 pub mod process;
 pub mod rootfs;
 pub mod safe_path;
+pub mod seccomp;
 pub mod signal;
 pub mod state;
 pub mod sys;

@@ -59,6 +59,10 @@ pub fn create(store: &Store, id: &str, opts: &CreateOptions) -> Result<Container
     let linux = b.spec.linux().as_ref();
     let cgroup_path = cgroups::path_for(linux.and_then(|l| l.cgroups_path().as_deref()), id)?;
     let plan = Plan::from_spec(&b.spec);
+    let seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
+        Some(s) => Some(crate::seccomp::compile(s)?),
+        None => None,
+    };
     // Everything the user can get wrong is checked above; from here on we make things.
     let locked = store.claim(id)?;
     let me = nix::unistd::getpid().as_raw();
@@ -108,6 +112,7 @@ pub fn create(store: &Store, id: &str, opts: &CreateOptions) -> Result<Container
         no_pivot: opts.no_pivot,
         preserve_fds: opts.preserve_fds,
         plan,
+        seccomp: seccomp.as_ref(),
     };
     let spec = &b.spec;
     let result = process::spawn(&cfg, &cgroup, &mut |ev| match ev {

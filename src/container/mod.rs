@@ -29,6 +29,8 @@ pub enum ContainerError {
     Hook(#[from] hooks::HookError),
     #[error(transparent)]
     Signal(#[from] signal::SignalError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     #[error("{0}")]
     InvalidId(String),
     #[error("container {id} is {status}: {what}")]

@@ -25,6 +25,8 @@ enum InitError {
     Identity(#[from] identity::IdentityError),
     #[error(transparent)]
     Channel(#[from] channel::ChannelError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     #[error("{0}")]
     Msg(String),
 }
@@ -116,12 +118,27 @@ fn setup(cfg: &InitConfig, chan: &Channel) -> Result<Option<Exec>, InitError> {
     identity::set_rlimits(proc_.rlimits().as_deref().unwrap_or(&[]))?;
     let caps = proc_.capabilities().as_ref();
     identity::drop_bounding(caps)?;
+    // Enter the cwd as root first (checked before any seccomp filter could deny getcwd);
+    // a cwd only the user may enter is retried after the switch.
+    let cwd_done = enter_cwd(proc_.cwd()).is_ok();
+    let nnp = proc_.no_new_privileges().unwrap_or(false);
+    // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it while we are root.
+    if let (Some(sc), false) = (cfg.seccomp, nnp) {
+        sc.install()?;
+    }
     identity::switch_user(proc_.user(), caps, setgroups_allowed)?;
-    if proc_.no_new_privileges().unwrap_or(false) {
+    if nnp {
         identity::no_new_privs()?;
     }
-    enter_cwd(proc_.cwd())?;
+    if !cwd_done {
+        enter_cwd(proc_.cwd())?;
+    }
     let exec = resolve_exec(proc_)?;
+    install_exit_handlers();
+    // With no_new_privs the filter goes on as late as possible, after our own syscalls.
+    if let (Some(sc), true) = (cfg.seccomp, nnp) {
+        sc.install()?;
+    }
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
         proc_.user().umask().unwrap_or(0o022) as _,
     ));
@@ -132,7 +149,6 @@ fn setup(cfg: &InitConfig, chan: &Channel) -> Result<Option<Exec>, InitError> {
         sys::clear_cloexec(fd)
             .map_err(|e| InitError::Msg(format!("--preserve-fds: fd {fd}: {e}")))?;
     }
-    install_exit_handlers();
     chan.send(&Msg::Ready)?;
     Ok(Some(Exec {
         start_hooks,

@@ -31,6 +31,8 @@ pub struct InitConfig<'a> {
     /// Number of extra fds (from 3 up) passed to the user's process.
     pub preserve_fds: i32,
     pub plan: Plan,
+    /// The compiled seccomp profile, if any.
+    pub seccomp: Option<&'a crate::seccomp::Compiled>,
 }
 
 /// What `spawn` reports while it works, so the caller can record it at once.
