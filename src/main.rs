@@ -26,14 +26,12 @@ fn create_opts(a: &cli::CreateArgs) -> Result<CreateOptions<'_>> {
     if a.preserve_fds < 0 {
         bail!("--preserve-fds must not be negative");
     }
-    if a.console_socket.is_some() {
-        bail!("--console-socket: terminals are not supported yet");
-    }
     Ok(CreateOptions {
         bundle: &a.bundle,
         pid_file: a.pid_file.as_deref(),
         no_pivot: a.no_pivot,
         preserve_fds: a.preserve_fds,
+        console_socket: a.console_socket.as_deref(),
     })
 }
 

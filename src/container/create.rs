@@ -1,6 +1,7 @@
 //! `create`: validate, record, then make — in that order, so that a crash at any point leaves
 //! a record from which `delete --force` finds everything that may exist.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::sys::stat::Mode;
@@ -18,6 +19,8 @@ pub struct CreateOptions<'a> {
     pub pid_file: Option<&'a Path>,
     pub no_pivot: bool,
     pub preserve_fds: i32,
+    /// Where to send the pty master when process.terminal is true.
+    pub console_socket: Option<&'a Path>,
 }
 
 /// Write the pid file atomically (callers poll for it).
@@ -54,11 +57,49 @@ fn abandon(locked: Locked, cgroup: Option<&Cgroup>, pid: i32, rec: &Record) {
 }
 
 pub fn create(store: &Store, id: &str, opts: &CreateOptions) -> Result<Container, ContainerError> {
+    create_with_console(store, id, opts, None)
+}
+
+/// Connect to the caller's console socket (as the host's root, before any namespace).
+fn connect_console(path: &Path, id: &str, min_fd: i32) -> Result<OwnedFd, ContainerError> {
+    let io = |source| ContainerError::Io {
+        id: id.into(),
+        what: format!("--console-socket {}", path.display()),
+        source,
+    };
+    let s = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
+    crate::process::channel::raise(OwnedFd::from(s), min_fd).map_err(|e| io(e.into()))
+}
+
+/// `create`, where foreground `run` may hand in its own end of a console socketpair.
+pub(super) fn create_with_console(
+    store: &Store,
+    id: &str,
+    opts: &CreateOptions,
+    console: Option<OwnedFd>,
+) -> Result<Container, ContainerError> {
     bundle::validate_id(id).map_err(ContainerError::InvalidId)?;
     let b = Bundle::load(opts.bundle)?;
     let linux = b.spec.linux().as_ref();
     let cgroup_path = cgroups::path_for(linux.and_then(|l| l.cgroups_path().as_deref()), id)?;
     let plan = Plan::from_spec(&b.spec);
+    let terminal = b
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    let console = match (console, opts.console_socket) {
+        (Some(c), _) => Some(c),
+        (None, Some(p)) if terminal => Some(connect_console(p, id, 3 + opts.preserve_fds)?),
+        (None, _) if terminal => {
+            return Err(ContainerError::Config(
+                "process.terminal is true: pass --console-socket (or use run without --detach)"
+                    .into(),
+            ))
+        }
+        _ => None,
+    };
     let seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
         Some(s) => Some(crate::seccomp::compile(s)?),
         None => None,
@@ -113,6 +154,7 @@ pub fn create(store: &Store, id: &str, opts: &CreateOptions) -> Result<Container
         preserve_fds: opts.preserve_fds,
         plan,
         seccomp: seccomp.as_ref(),
+        console: console.as_ref().map(|c| c.as_raw_fd()),
     };
     let spec = &b.spec;
     let result = process::spawn(&cfg, &cgroup, &mut |ev| match ev {

@@ -33,6 +33,10 @@ pub enum ContainerError {
     Seccomp(#[from] crate::seccomp::SeccompError),
     #[error("{0}")]
     InvalidId(String),
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Tty(#[from] process::tty::TtyError),
     #[error("container {id} is {status}: {what}")]
     WrongState {
         id: String,

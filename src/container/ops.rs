@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::create::{create, CreateOptions};
+use super::create::{create, create_with_console, CreateOptions};
 use super::{alive, Container, ContainerError};
 use crate::state::{Status, Store};
 use crate::{hooks, sys};
@@ -220,6 +220,14 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), ContainerError
     Ok(())
 }
 
+fn terminal_of(bundle: &std::path::Path) -> bool {
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|d| crate::bundle::parse(&d).ok())
+        .and_then(|s| s.process().as_ref().and_then(|p| p.terminal()))
+        .unwrap_or(false)
+}
+
 pub struct RunOptions<'a> {
     pub create: CreateOptions<'a>,
     pub detach: bool,
@@ -242,7 +250,33 @@ pub fn run(store: &Store, id: &str, opts: &RunOptions) -> Result<i32, ContainerE
         // The init is our grandchild: become its reaper so that we can wait for it.
         let _ = sys::set_child_subreaper();
     }
-    let c = create(store, id, &opts.create)?;
+    // A terminal with nobody to hand it to: we hold the pty master and proxy our stdio.
+    let want_tty =
+        !opts.detach && opts.create.console_socket.is_none() && terminal_of(opts.create.bundle);
+    let (c, master) = if want_tty {
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| ContainerError::Io {
+                id: id.into(),
+                what: "console socketpair".into(),
+                source: e,
+            })?;
+        let theirs = crate::process::channel::raise(theirs.into(), 3 + opts.create.preserve_fds)
+            .map_err(|e| ContainerError::Io {
+                id: id.into(),
+                what: "console socketpair".into(),
+                source: e.into(),
+            })?;
+        let c = create_with_console(store, id, &opts.create, Some(theirs))?;
+        match crate::process::tty::recv_master(ours.as_raw_fd()) {
+            Ok(m) => (c, Some(m)),
+            Err(e) => {
+                let _ = delete(store, id, true);
+                return Err(e.into());
+            }
+        }
+    } else {
+        (create(store, id, &opts.create)?, None)
+    };
     if let Err(e) = start(store, id) {
         let _ = delete(store, id, true);
         return Err(e);
@@ -271,6 +305,11 @@ pub fn run(store: &Store, id: &str, opts: &RunOptions) -> Result<i32, ContainerE
             // SAFETY: the handler only calls the async-signal-safe kill().
             let _ = unsafe { sigaction(s, &act) };
         }
+    }
+    if let Some(m) = &master {
+        crate::process::tty::copy_winsize(0, m);
+        let _raw = crate::process::tty::RawMode::enter(0);
+        crate::process::tty::proxy(m);
     }
     let code = loop {
         match nix::sys::wait::waitpid(Pid::from_raw(pid), None) {

@@ -27,6 +27,8 @@ enum InitError {
     Channel(#[from] channel::ChannelError),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error(transparent)]
+    Tty(#[from] super::tty::TtyError),
     #[error("{0}")]
     Msg(String),
 }
@@ -115,6 +117,17 @@ fn setup(cfg: &InitConfig, chan: &Channel) -> Result<Option<Exec>, InitError> {
         chan.send(&Msg::Ready)?;
         return Ok(None);
     };
+    if proc_.terminal().unwrap_or(false) {
+        let sock = cfg
+            .console
+            .ok_or_else(|| InitError::Msg("process.terminal needs a console socket".into()))?;
+        let size = proc_
+            .console_size()
+            .map(|b| (b.height() as u16, b.width() as u16));
+        super::tty::setup_console(sock, proc_.user().uid(), size)?;
+        // SAFETY: the console socket is ours and no longer needed.
+        unsafe { libc::close(sock) };
+    }
     identity::set_rlimits(proc_.rlimits().as_deref().unwrap_or(&[]))?;
     let caps = proc_.capabilities().as_ref();
     identity::drop_bounding(caps)?;

@@ -10,6 +10,7 @@ pub mod exe;
 pub mod identity;
 pub mod init;
 pub mod spawn;
+pub mod tty;
 
 pub use spawn::{spawn, Event, InitConfig};
 

@@ -8,6 +8,7 @@
 //! Both children die with the parent while setup is under way: the intermediate through
 //! PDEATHSIG, the init because its next write to the channel fails.
 
+use std::os::fd::RawFd;
 use std::path::Path;
 
 use nix::sys::wait::waitpid;
@@ -31,6 +32,8 @@ pub struct InitConfig<'a> {
     /// Number of extra fds (from 3 up) passed to the user's process.
     pub preserve_fds: i32,
     pub plan: Plan,
+    /// A connected socket to send the pty master to (process.terminal).
+    pub console: Option<RawFd>,
     /// The compiled seccomp profile, if any.
     pub seccomp: Option<&'a crate::seccomp::Compiled>,
 }
@@ -73,10 +76,15 @@ pub fn spawn(
             drop(parent);
             // Keep nothing of the parent's but stdio, the preserved fds and the channel: an
             // inherited state-dir lock would block `start` for as long as the init lives.
-            let keep = child.raw_fd() as u32;
-            let first = 3 + cfg.preserve_fds as u32;
-            let _ = crate::sys::close_range(first, keep.saturating_sub(1));
-            let _ = crate::sys::close_range(keep + 1, u32::MAX);
+            let mut keep = vec![child.raw_fd() as u32];
+            keep.extend(cfg.console.map(|c| c as u32));
+            keep.sort_unstable();
+            let mut first = 3 + cfg.preserve_fds as u32;
+            for k in keep {
+                let _ = crate::sys::close_range(first, k.saturating_sub(1));
+                first = k + 1;
+            }
+            let _ = crate::sys::close_range(first, u32::MAX);
             let _ = crate::sys::set_parent_death_signal(libc::SIGKILL);
             if nix::unistd::getppid() != me {
                 std::process::exit(1);

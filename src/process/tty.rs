@@ -1,0 +1,219 @@
+//! Terminals: the container's pty (made from the container's own devpts after pivot_root),
+//! its master sent to the caller's console socket, and the proxy that foreground `run` uses
+//! when it is the one holding the master.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TtyError {
+    #[error("terminal: {what}: {source}")]
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+fn err(what: &'static str) -> impl FnOnce(io::Error) -> TtyError {
+    move |source| TtyError::Io { what, source }
+}
+
+fn last(what: &'static str) -> TtyError {
+    TtyError::Io {
+        what,
+        source: io::Error::last_os_error(),
+    }
+}
+
+/// Make a pty in the container, send its master over `socket`, and make the slave the
+/// controlling terminal and stdio of the calling process (which must lead its session).
+pub fn setup_console(socket: RawFd, uid: u32, size: Option<(u16, u16)>) -> Result<(), TtyError> {
+    let master = crate::sys::open(
+        std::path::Path::new("/dev/ptmx"),
+        libc::O_RDWR | libc::O_NOCTTY,
+        0,
+    )
+    .map_err(err("opening /dev/ptmx"))?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK takes a pointer to an int.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+        return Err(last("unlocking the pty"));
+    }
+    // SAFETY: TIOCGPTPEER opens the peer of this master (no path lookup, no race).
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if slave < 0 {
+        return Err(last("opening the pty slave"));
+    }
+    // SAFETY: a new fd from the kernel that nothing else owns.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    if let Some((rows, cols)) = size {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ takes a pointer to a winsize.
+        unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
+    // The process's user owns its terminal.
+    // SAFETY: fchown on an fd we own.
+    unsafe { libc::fchown(slave.as_raw_fd(), uid, u32::MAX) };
+    let fds = [master.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let name = b"/dev/ptmx";
+    let iov = [io::IoSlice::new(name)];
+    sendmsg::<()>(socket, &iov, &cmsg, MsgFlags::empty(), None).map_err(|e| TtyError::Io {
+        what: "sending the pty master",
+        source: e.into(),
+    })?;
+    drop(master);
+    for fd in 0..3 {
+        // SAFETY: dup2 onto the stdio numbers; the old stdio fds are replaced.
+        if unsafe { libc::dup2(slave.as_raw_fd(), fd) } < 0 {
+            return Err(last("making the pty the process's stdio"));
+        }
+    }
+    // SAFETY: TIOCSCTTY on our new stdin, a session leader without a controlling tty.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+        return Err(last("making the pty the controlling terminal"));
+    }
+    Ok(())
+}
+
+/// Receive a pty master sent with SCM_RIGHTS on `sock`.
+pub fn recv_master(sock: RawFd) -> Result<OwnedFd, TtyError> {
+    let mut buf = [0u8; 4096];
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        sock,
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| TtyError::Io {
+        what: "receiving the pty master",
+        source: e.into(),
+    })?;
+    for c in msg.cmsgs().map_err(|e| TtyError::Io {
+        what: "receiving the pty master",
+        source: e.into(),
+    })? {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(fd) = fds.first() {
+                // SAFETY: the kernel installed this fd for us.
+                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
+        }
+    }
+    Err(TtyError::Io {
+        what: "receiving the pty master",
+        source: io::Error::other("no fd in the message"),
+    })
+}
+
+/// Give the pty behind `master` the window size of the terminal on `from` (if it is one).
+pub fn copy_winsize(from: RawFd, master: &OwnedFd) {
+    // SAFETY: zeroed winsize is a valid out-buffer.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ/TIOCSWINSZ take a pointer to a winsize.
+    if unsafe { libc::ioctl(from, libc::TIOCGWINSZ, &mut ws) } == 0 {
+        // SAFETY: as above.
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
+}
+
+/// Restores a terminal's settings when dropped.
+pub struct RawMode {
+    fd: RawFd,
+    saved: nix::sys::termios::Termios,
+}
+
+impl RawMode {
+    /// Put `fd` in raw mode if it is a terminal.
+    pub fn enter(fd: RawFd) -> Option<RawMode> {
+        // SAFETY: fd 0..2 of this process stay open while the RawMode lives.
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        let saved = nix::sys::termios::tcgetattr(b).ok()?;
+        let mut raw = saved.clone();
+        nix::sys::termios::cfmakeraw(&mut raw);
+        nix::sys::termios::tcsetattr(b, nix::sys::termios::SetArg::TCSANOW, &raw).ok()?;
+        Some(RawMode { fd, saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        // SAFETY: see `enter`.
+        let b = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let _ = nix::sys::termios::tcsetattr(b, nix::sys::termios::SetArg::TCSANOW, &self.saved);
+    }
+}
+
+/// Copy our stdin to `master` and `master` to our stdout until the pty closes (the
+/// container's processes exited).
+pub fn proxy(master: &OwnedFd) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut buf = [0u8; 8192];
+    let mut stdin_open = true;
+    loop {
+        // SAFETY: fd 0 stays open for the life of this process.
+        let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+        let mut fds = vec![PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+        if stdin_open {
+            fds.push(PollFd::new(stdin, PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return,
+        }
+        let m = fds[0].revents().unwrap_or(PollFlags::empty());
+        let s = fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .unwrap_or(PollFlags::empty());
+        if m.contains(PollFlags::POLLIN) {
+            match nix::unistd::read(master.as_raw_fd(), &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let _ = write_all(1, &buf[..n]);
+                }
+            }
+        } else if m.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
+            return;
+        }
+        if s.contains(PollFlags::POLLIN) {
+            match nix::unistd::read(0, &mut buf) {
+                Ok(0) | Err(_) => stdin_open = false,
+                Ok(n) => {
+                    let _ = write_all(master.as_raw_fd(), &buf[..n]);
+                }
+            }
+        } else if s.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
+            stdin_open = false;
+        }
+    }
+}
+
+fn write_all(fd: RawFd, mut data: &[u8]) -> nix::Result<()> {
+    // SAFETY: the caller's fd is open for the duration of this call.
+    let b = unsafe { BorrowedFd::borrow_raw(fd) };
+    while !data.is_empty() {
+        match nix::unistd::write(b, data) {
+            Ok(n) => data = &data[n..],
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
