@@ -28,6 +28,8 @@ pub enum StateError {
     NotFound(String),
     #[error("container {0} already exists")]
     Exists(String),
+    #[error("container {0} is locked by another runvz call (waited {1}s)")]
+    Busy(String, u64),
     #[error("state of container {id}: {source}")]
     Io { id: String, source: io::Error },
     #[error("state of container {id} is unreadable: {reason}")]
@@ -110,6 +112,9 @@ pub struct Locked {
     _lock: OwnedFd,
 }
 
+/// How long a call waits for another call on the same container before giving up.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn lock_dir(dir: &Path, id: &str) -> Result<OwnedFd, StateError> {
     let fd = sys::open(dir, libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(|e| {
         if e.raw_os_error() == Some(libc::ENOENT) {
@@ -121,14 +126,28 @@ fn lock_dir(dir: &Path, id: &str) -> Result<OwnedFd, StateError> {
             }
         }
     })?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) } < 0 {
-        return Err(StateError::Io {
-            id: id.to_string(),
-            source: io::Error::last_os_error(),
-        });
+    // Poll rather than block: a lock that is never released (a stuck process holding it)
+    // must end in an error, not a hung engine.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut pause = std::time::Duration::from_micros(200);
+    loop {
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(fd);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) && e.raw_os_error() != Some(libc::EINTR) {
+            return Err(StateError::Io {
+                id: id.to_string(),
+                source: e,
+            });
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(StateError::Busy(id.to_string(), LOCK_WAIT.as_secs()));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
     }
-    Ok(fd)
 }
 
 impl Store {
@@ -153,28 +172,48 @@ impl Store {
             })
     }
 
-    /// Claim a new container ID: fails if it exists. The returned lock is held until dropped.
-    pub fn claim(&self, id: &str) -> Result<Locked, StateError> {
+    /// Claim a new container ID with its first record: fails if the ID exists. The
+    /// directory is built under a temporary name and renamed into place (never replacing),
+    /// so a container is never visible without a record. The lock is held until dropped.
+    pub fn claim(&self, id: &str, rec: &Record) -> Result<Locked, StateError> {
         self.ensure_root()?;
         let dir = self.root.join(id);
-        match fs::DirBuilder::new().mode(0o711).create(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(StateError::Exists(id.to_string()))
+        if dir.exists() {
+            return Err(StateError::Exists(id.to_string()));
+        }
+        let io = |source| StateError::Io {
+            id: id.to_string(),
+            source,
+        };
+        let tmp = self.root.join(format!(".{id}.{}.new", std::process::id()));
+        fs::DirBuilder::new().mode(0o711).create(&tmp).map_err(io)?;
+        let lock = match lock_dir(&tmp, id) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(e);
             }
-            Err(source) => {
-                return Err(StateError::Io {
-                    id: id.to_string(),
-                    source,
-                })
+        };
+        let staged = Locked {
+            id: id.to_string(),
+            dir: tmp.clone(),
+            _lock: lock,
+        };
+        if let Err(e) = staged.write(rec) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        match sys::rename_noreplace(&tmp, &dir) {
+            Ok(()) => Ok(Locked { dir, ..staged }),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    Err(StateError::Exists(id.to_string()))
+                } else {
+                    Err(io(e))
+                }
             }
         }
-        let lock = lock_dir(&dir, id)?;
-        Ok(Locked {
-            id: id.to_string(),
-            dir,
-            _lock: lock,
-        })
     }
 
     /// Lock an existing container. Fails with NotFound if it does not exist (also when it was
@@ -212,6 +251,7 @@ impl Store {
         };
         let mut ids: Vec<String> = rd
             .filter_map(|e| e.ok())
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
@@ -323,8 +363,29 @@ mod tests {
     fn claim_is_exclusive_and_remove_cleans() {
         let root = std::env::temp_dir().join(format!("runvz-state-{}", std::process::id()));
         let store = Store::new(&root);
-        let l = store.claim("c1").unwrap();
-        assert!(matches!(store.claim("c1"), Err(StateError::Exists(_))));
+        let rec = Record {
+            oci_version: "1.0.2".into(),
+            id: "c1".into(),
+            status: Status::Creating,
+            pid: 0,
+            pid_start: 0,
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            created: now_rfc3339(),
+            annotations: Default::default(),
+            owner: String::new(),
+            cgroup_path: None,
+            host_mounts: false,
+            creator_pid: 0,
+            creator_start: 0,
+            config: None,
+        };
+        let l = store.claim("c1", &rec).unwrap();
+        assert_eq!(store.read("c1").unwrap().id, "c1");
+        assert!(matches!(
+            store.claim("c1", &rec),
+            Err(StateError::Exists(_))
+        ));
         l.remove().unwrap();
         assert!(matches!(store.read("c1"), Err(StateError::NotFound(_))));
         assert!(matches!(store.lock("c1"), Err(StateError::NotFound(_))));

@@ -117,9 +117,6 @@ pub enum Cmd {
     Spec {
         #[arg(short = 'b', long, default_value = ".")]
         bundle: PathBuf,
-        /// Accepted for runc compatibility.
-        #[arg(long)]
-        rootless: bool,
     },
 }
 

@@ -105,7 +105,6 @@ pub(super) fn create_with_console(
         None => None,
     };
     // Everything the user can get wrong is checked above; from here on we make things.
-    let locked = store.claim(id)?;
     let me = nix::unistd::getpid().as_raw();
     let mut rec = Record {
         oci_version: b.spec.version().clone(),
@@ -124,10 +123,7 @@ pub(super) fn create_with_console(
         creator_start: sys::proc_start_time(me).map(|s| s.0).unwrap_or(0),
         config: serde_json::to_value(&b.spec).ok(),
     };
-    if let Err(e) = locked.write(&rec) {
-        let _ = locked.remove();
-        return Err(e.into());
-    }
+    let locked = store.claim(id, &rec)?;
     let fifo: PathBuf = locked.fifo_path();
     if let Err(e) = nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)) {
         let _ = locked.remove();

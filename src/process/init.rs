@@ -135,6 +135,16 @@ fn setup(cfg: &InitConfig, chan: &Channel) -> Result<Option<Exec>, InitError> {
     // a cwd only the user may enter is retried after the switch.
     let cwd_done = enter_cwd(proc_.cwd()).is_ok();
     let nnp = proc_.no_new_privileges().unwrap_or(false);
+    // Nothing but stdio and the preserved fds may cross into the user's program. Done before
+    // any seccomp filter exists: a profile need not allow the syscalls runvz itself uses.
+    let first = 3 + cfg.preserve_fds as u32;
+    sys::cloexec_from(first).map_err(|e| InitError::Msg(format!("close_range: {e}")))?;
+    for fd in 3..first as i32 {
+        sys::clear_cloexec(fd)
+            .map_err(|e| InitError::Msg(format!("--preserve-fds: fd {fd}: {e}")))?;
+    }
+    let exec = resolve_exec(proc_)?;
+    install_exit_handlers();
     // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it while we are root.
     if let (Some(sc), false) = (cfg.seccomp, nnp) {
         sc.install()?;
@@ -146,8 +156,6 @@ fn setup(cfg: &InitConfig, chan: &Channel) -> Result<Option<Exec>, InitError> {
     if !cwd_done {
         enter_cwd(proc_.cwd())?;
     }
-    let exec = resolve_exec(proc_)?;
-    install_exit_handlers();
     // With no_new_privs the filter goes on as late as possible, after our own syscalls.
     if let (Some(sc), true) = (cfg.seccomp, nnp) {
         sc.install()?;
@@ -155,13 +163,6 @@ fn setup(cfg: &InitConfig, chan: &Channel) -> Result<Option<Exec>, InitError> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
         proc_.user().umask().unwrap_or(0o022) as _,
     ));
-    // Nothing but stdio and the preserved fds may cross into the user's program.
-    let first = 3 + cfg.preserve_fds as u32;
-    sys::cloexec_from(first).map_err(|e| InitError::Msg(format!("close_range: {e}")))?;
-    for fd in 3..first as i32 {
-        sys::clear_cloexec(fd)
-            .map_err(|e| InitError::Msg(format!("--preserve-fds: fd {fd}: {e}")))?;
-    }
     chan.send(&Msg::Ready)?;
     Ok(Some(Exec {
         start_hooks,
