@@ -162,9 +162,13 @@ pub(super) fn create_with_console(
         Event::HooksRuntime(pid) => {
             let st = hooks::state_json(spec, id, "creating", pid, &b.dir);
             if let Some(h) = spec.hooks().as_ref() {
+                // prestart keeps the status of its runtime-spec 1.0 definition ("after start is
+                // called": created), as crun and the validation suite have it; the hooks that
+                // spec 1.1+ defines inside create see "creating".
+                let pre_st = hooks::state_json(spec, id, "created", pid, &b.dir);
                 #[allow(deprecated)]
                 let pre = h.prestart().clone().unwrap_or_default();
-                hooks::run("prestart", &pre, &st).map_err(|e| e.to_string())?;
+                hooks::run("prestart", &pre, &pre_st).map_err(|e| e.to_string())?;
                 let cr = h.create_runtime().clone().unwrap_or_default();
                 hooks::run("createRuntime", &cr, &st).map_err(|e| e.to_string())?;
             }

@@ -80,6 +80,7 @@ pub fn start(store: &Store, id: &str) -> Result<(), ContainerError> {
         what: "exec fifo".into(),
         source: e.into(),
     })?;
+    wait_for_exec(&f, c.rec.pid, c.rec.pid_start);
     drop(f);
     let _ = std::fs::remove_file(&fifo);
     c.rec.status = Status::Running;
@@ -92,6 +93,23 @@ pub fn start(store: &Store, id: &str) -> Result<(), ContainerError> {
         }
     }
     Ok(())
+}
+
+/// Wait until the init has execve'd the user's program (or died): its close-on-exec end of
+/// the fifo is then gone, and our write end reports POLLERR. So `start` returns, and
+/// poststart hooks run, only once the program really started.
+fn wait_for_exec(fifo: &std::os::fd::OwnedFd, pid: i32, start: u64) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && alive(pid, start) {
+        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::empty())];
+        match poll(&mut fds, PollTimeout::from(100u16)) {
+            Ok(_) if fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)) => return,
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 pub fn kill(store: &Store, id: &str, sig: Signal, all: bool) -> Result<(), ContainerError> {
