@@ -269,9 +269,16 @@ fn validate_process(p: &oci_spec::runtime::Process) -> Result<(), BundleError> {
             ));
         }
     }
-    if p.apparmor_profile().as_deref().is_some_and(|a| !a.is_empty()) && !apparmor_enabled() {
+    if p.apparmor_profile()
+        .as_deref()
+        .is_some_and(|a| !a.is_empty())
+        && !apparmor_enabled()
+    {
         // A security profile that cannot be applied is refused, never silently dropped.
-        return Err(invalid("process.apparmorProfile", "AppArmor is not enabled on this host"));
+        return Err(invalid(
+            "process.apparmorProfile",
+            "AppArmor is not enabled on this host",
+        ));
     }
     if let Some(adj) = p.oom_score_adj() {
         if !(-1000..=1000).contains(&adj) {
@@ -285,7 +292,8 @@ fn validate_process(p: &oci_spec::runtime::Process) -> Result<(), BundleError> {
 }
 
 fn apparmor_enabled() -> bool {
-    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|s| s.trim() == "Y")
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|s| s.trim() == "Y")
 }
 
 /// Namespaced sysctls only, each with the namespace it lives in (as runc checks them).

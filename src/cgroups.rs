@@ -30,12 +30,13 @@ pub enum CgroupError {
     BadPath(String, String),
 }
 
-/// The cgroup path of a container: `linux.cgroupsPath` or `/runvz/<id>`. A systemd-style
+/// The cgroup path of a container: `linux.cgroupsPath` or `/runvz-<id>` (flat: no shared
+/// parent that would outlive its containers or race between a delete and a create). A systemd-style
 /// `slice:prefix:name` is mapped onto the cgroupfs path systemd would use, since no systemd
 /// runs here to ask.
 pub fn path_for(cgroups_path: Option<&Path>, id: &str) -> Result<PathBuf, CgroupError> {
     let Some(p) = cgroups_path.filter(|p| !p.as_os_str().is_empty()) else {
-        return Ok(PathBuf::from("/runvz").join(id));
+        return Ok(PathBuf::from(format!("/runvz-{id}")));
     };
     let s = p.to_string_lossy();
     let path = if !s.starts_with('/') && s.matches(':').count() == 2 {
@@ -74,6 +75,16 @@ pub fn path_for(cgroups_path: Option<&Path>, id: &str) -> Result<PathBuf, Cgroup
 pub struct Cgroup {
     path: PathBuf,
     mgr: AnyCgroupManager,
+    /// The cgroup2 mount root (v2 only).
+    v2_root: PathBuf,
+}
+
+/// Whether this host's controllers live on cgroup v2 (unified) rather than v1/hybrid.
+pub fn host_is_v2() -> bool {
+    matches!(
+        libcgroups::common::get_cgroup_setup(),
+        Ok(libcgroups::common::CgroupSetup::Unified)
+    )
 }
 
 impl Cgroup {
@@ -89,9 +100,11 @@ impl Cgroup {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+        let v2_root = root.unwrap_or(Path::new("/sys/fs/cgroup")).to_path_buf();
         Ok(Cgroup {
             path: path.to_path_buf(),
             mgr,
+            v2_root,
         })
     }
 
@@ -99,8 +112,45 @@ impl Cgroup {
     /// v2 paths are exercised on this hybrid host (a cgroup2-shaped tree in a scratch dir).
     pub fn open_v2_at(root: &Path, path: &Path) -> Result<Cgroup, CgroupError> {
         let m = libcgroups::v2::manager::Manager::new(root.to_path_buf(), path.to_path_buf())
-            .map_err(|e| CgroupError::Manager { path: path.to_path_buf(), reason: e.to_string() })?;
-        Ok(Cgroup { path: path.to_path_buf(), mgr: AnyCgroupManager::V2(m) })
+            .map_err(|e| CgroupError::Manager {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(Cgroup {
+            path: path.to_path_buf(),
+            mgr: AnyCgroupManager::V2(m),
+            v2_root: root.to_path_buf(),
+        })
+    }
+
+    /// The path of a control file of this cgroup (`controller` names the v1 hierarchy; on
+    /// cgroup v2 all files are in one directory).
+    pub fn file(&self, controller: &str, name: &str) -> PathBuf {
+        let rel = self.path.strip_prefix("/").unwrap_or(&self.path);
+        match &self.mgr {
+            AnyCgroupManager::V2(_) => self.v2_root.join(rel).join(name),
+            _ => Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(rel)
+                .join(name),
+        }
+    }
+
+    pub fn read_file(&self, controller: &str, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.file(controller, name)).ok()
+    }
+
+    /// Write a control file libcgroups does not manage (e.g. the BFQ weight).
+    pub fn write_file(&self, controller: &str, name: &str, value: &str) -> Result<(), CgroupError> {
+        let f = self.file(controller, name);
+        std::fs::write(&f, value).map_err(|e| CgroupError::Manager {
+            path: self.path.clone(),
+            reason: format!("writing {} = {value}: {e}", f.display()),
+        })
+    }
+
+    pub fn is_v2(&self) -> bool {
+        matches!(self.mgr, AnyCgroupManager::V2(_))
     }
 
     pub fn path(&self) -> &Path {
@@ -207,7 +257,11 @@ mod tests {
     fn v2_values_are_written() {
         let root = std::env::temp_dir().join(format!("runvz-cg2-{}", std::process::id()));
         std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("cgroup.controllers"), "cpuset cpu io memory hugetlb pids").unwrap();
+        std::fs::write(
+            root.join("cgroup.controllers"),
+            "cpuset cpu io memory hugetlb pids",
+        )
+        .unwrap();
         std::fs::write(root.join("cgroup.subtree_control"), "").unwrap();
         let cg = Cgroup::open_v2_at(&root, Path::new("/runvz/c1")).unwrap();
         cg.add(std::process::id() as i32).ok();
@@ -220,11 +274,22 @@ mod tests {
         // libcgroups never creates control files).
         let dir = root.join("runvz/c1");
         std::fs::create_dir_all(&dir).unwrap();
-        for f in ["memory.max", "memory.low", "memory.high", "memory.swap.max", "pids.max", "cpu.max", "cpu.weight", "cpu.idle", "cgroup.procs"] {
+        for f in [
+            "memory.max",
+            "memory.low",
+            "memory.high",
+            "memory.swap.max",
+            "pids.max",
+            "cpu.max",
+            "cpu.weight",
+            "cpu.idle",
+            "cgroup.procs",
+        ] {
             std::fs::write(dir.join(f), "").unwrap();
         }
         cg.apply(&res, None).unwrap();
-        let read = |f: &str| std::fs::read_to_string(root.join("runvz/c1").join(f)).unwrap_or_default();
+        let read =
+            |f: &str| std::fs::read_to_string(root.join("runvz/c1").join(f)).unwrap_or_default();
         assert_eq!(read("memory.max").trim(), "67108864");
         assert_eq!(read("memory.low").trim(), "33554432");
         assert_eq!(read("pids.max").trim(), "100");
@@ -236,7 +301,7 @@ mod tests {
     }
     #[test]
     fn paths() {
-        assert_eq!(path_for(None, "c").unwrap(), PathBuf::from("/runvz/c"));
+        assert_eq!(path_for(None, "c").unwrap(), PathBuf::from("/runvz-c"));
         assert_eq!(
             path_for(Some(Path::new("/a/b")), "c").unwrap(),
             PathBuf::from("/a/b")

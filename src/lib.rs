@@ -20,6 +20,7 @@ pub mod seccomp;
 pub mod signal;
 pub mod state;
 pub mod sys;
+pub mod ub;
 
 /// The OCI runtime-spec version runvz implements.
 pub const SPEC_VERSION: &str = "1.2.0";

@@ -96,6 +96,28 @@ fn run(cli: Cli) -> Result<i32> {
                 }
             }
         }
+        Cmd::Beancounters { ids, format } => {
+            let rows = container::beancounters(&store, &ids)?;
+            if format == "json" {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&runvz::ub::table::json(&rows))?
+                );
+            } else {
+                print!("{}", runvz::ub::table::text(&rows));
+            }
+        }
+        Cmd::Set(a) => {
+            let changes = a.changes();
+            if changes.is_empty() {
+                bail!(
+                    "set: nothing to change (e.g. --numproc 100:120, --ram 512M, --cpuunits 1000)"
+                );
+            }
+            for w in container::set(&store, &a.id, &changes)? {
+                tracing::warn!("{w}");
+            }
+        }
         Cmd::Spec { bundle, .. } => {
             let path = bundle.join("config.json");
             if path.exists() {

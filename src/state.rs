@@ -97,6 +97,9 @@ pub struct Record {
     /// The container's config, kept for what `delete` needs later (poststop hooks).
     #[serde(default)]
     pub config: Option<serde_json::Value>,
+    /// The OpenVZ settings in force (from the io.runvz.* annotations, changed by `set`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ub: Option<serde_json::Value>,
 }
 
 /// The runtime root directory (`--root`).
@@ -379,6 +382,7 @@ mod tests {
             creator_pid: 0,
             creator_start: 0,
             config: None,
+            ub: None,
         };
         let l = store.claim("c1", &rec).unwrap();
         assert_eq!(store.read("c1").unwrap().id, "c1");

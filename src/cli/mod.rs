@@ -68,6 +68,121 @@ pub struct CreateArgs {
     pub id: String,
 }
 
+/// `runvz set ID --numproc B:L --physpages B:L --cpuunits N ...`
+#[derive(clap::Args, Debug)]
+pub struct SetArgs {
+    pub id: String,
+    #[arg(long)]
+    pub kmemsize: Option<String>,
+    #[arg(long)]
+    pub lockedpages: Option<String>,
+    #[arg(long)]
+    pub privvmpages: Option<String>,
+    #[arg(long)]
+    pub shmpages: Option<String>,
+    #[arg(long)]
+    pub numproc: Option<String>,
+    #[arg(long)]
+    pub physpages: Option<String>,
+    #[arg(long)]
+    pub vmguarpages: Option<String>,
+    #[arg(long)]
+    pub oomguarpages: Option<String>,
+    #[arg(long)]
+    pub numtcpsock: Option<String>,
+    #[arg(long)]
+    pub numflock: Option<String>,
+    #[arg(long)]
+    pub numpty: Option<String>,
+    #[arg(long)]
+    pub numsiginfo: Option<String>,
+    #[arg(long)]
+    pub tcpsndbuf: Option<String>,
+    #[arg(long)]
+    pub tcprcvbuf: Option<String>,
+    #[arg(long)]
+    pub othersockbuf: Option<String>,
+    #[arg(long)]
+    pub dgramrcvbuf: Option<String>,
+    #[arg(long)]
+    pub numothersock: Option<String>,
+    #[arg(long)]
+    pub dcachesize: Option<String>,
+    #[arg(long)]
+    pub numfile: Option<String>,
+    #[arg(long)]
+    pub numiptent: Option<String>,
+    #[arg(long)]
+    pub swappages: Option<String>,
+    /// VSwap: physpages 0:SIZE.
+    #[arg(long)]
+    pub ram: Option<String>,
+    /// VSwap: swappages 0:SIZE.
+    #[arg(long)]
+    pub swap: Option<String>,
+    #[arg(long)]
+    pub cpuunits: Option<String>,
+    #[arg(long)]
+    pub cpulimit: Option<String>,
+    #[arg(long)]
+    pub cpus: Option<String>,
+    #[arg(long)]
+    pub ioprio: Option<String>,
+    #[arg(long)]
+    pub iolimit: Option<String>,
+    #[arg(long)]
+    pub iopslimit: Option<String>,
+}
+
+impl SetArgs {
+    /// The changes as (annotation key without `io.runvz.`, value).
+    pub fn changes(&self) -> Vec<(String, String)> {
+        let ub = [
+            ("kmemsize", &self.kmemsize),
+            ("lockedpages", &self.lockedpages),
+            ("privvmpages", &self.privvmpages),
+            ("shmpages", &self.shmpages),
+            ("numproc", &self.numproc),
+            ("physpages", &self.physpages),
+            ("vmguarpages", &self.vmguarpages),
+            ("oomguarpages", &self.oomguarpages),
+            ("numtcpsock", &self.numtcpsock),
+            ("numflock", &self.numflock),
+            ("numpty", &self.numpty),
+            ("numsiginfo", &self.numsiginfo),
+            ("tcpsndbuf", &self.tcpsndbuf),
+            ("tcprcvbuf", &self.tcprcvbuf),
+            ("othersockbuf", &self.othersockbuf),
+            ("dgramrcvbuf", &self.dgramrcvbuf),
+            ("numothersock", &self.numothersock),
+            ("dcachesize", &self.dcachesize),
+            ("numfile", &self.numfile),
+            ("numiptent", &self.numiptent),
+            ("swappages", &self.swappages),
+        ];
+        let other = [
+            ("ram", &self.ram),
+            ("swap", &self.swap),
+            ("cpuunits", &self.cpuunits),
+            ("cpulimit", &self.cpulimit),
+            ("cpus", &self.cpus),
+            ("ioprio", &self.ioprio),
+            ("iolimit", &self.iolimit),
+            ("iopslimit", &self.iopslimit),
+        ];
+        // The VSwap shortcuts first, so that explicit ub values win, as in annotations.
+        let mut out: Vec<(String, String)> = other
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.clone())))
+            .collect();
+        out.extend(
+            ub.iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| (format!("ub.{k}"), v.clone()))),
+        );
+        out
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Create a container (it waits for `start`).
@@ -113,6 +228,15 @@ pub enum Cmd {
         #[arg(short = 'q', long)]
         quiet: bool,
     },
+    /// Show the OpenVZ beancounters (/proc/user_beancounters) of live containers.
+    Beancounters {
+        /// Containers to show (default: all).
+        ids: Vec<String>,
+        #[arg(short = 'f', long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
+    },
+    /// Change OpenVZ limits of a running container at once (vzctl set style).
+    Set(SetArgs),
     /// Write a default config.json.
     Spec {
         #[arg(short = 'b', long, default_value = ".")]

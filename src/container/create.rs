@@ -79,7 +79,19 @@ pub(super) fn create_with_console(
     console: Option<OwnedFd>,
 ) -> Result<Container, ContainerError> {
     bundle::validate_id(id).map_err(ContainerError::InvalidId)?;
-    let b = Bundle::load(opts.bundle)?;
+    let mut b = Bundle::load(opts.bundle)?;
+    // io.runvz.* annotations: parsed and mapped onto the spec before anything is made.
+    let ub_settings =
+        crate::ub::from_annotations(b.spec.annotations().as_ref().unwrap_or(&Default::default()))?;
+    let layout = if crate::cgroups::host_is_v2() {
+        crate::ub::apply::Layout::V2
+    } else {
+        crate::ub::apply::Layout::V1
+    };
+    let ub_plan = crate::ub::apply::apply(&ub_settings, &mut b.spec, layout, &b.rootfs)?;
+    for w in &ub_plan.warnings {
+        tracing::warn!("{w}");
+    }
     let linux = b.spec.linux().as_ref();
     let cgroup_path = cgroups::path_for(linux.and_then(|l| l.cgroups_path().as_deref()), id)?;
     let plan = Plan::from_spec(&b.spec);
@@ -122,6 +134,9 @@ pub(super) fn create_with_console(
         creator_pid: me,
         creator_start: sys::proc_start_time(me).map(|s| s.0).unwrap_or(0),
         config: serde_json::to_value(&b.spec).ok(),
+        ub: (!ub_settings.is_empty())
+            .then(|| serde_json::to_value(&ub_settings).ok())
+            .flatten(),
     };
     let locked = store.claim(id, &rec)?;
     let fifo: PathBuf = locked.fifo_path();
@@ -182,6 +197,13 @@ pub(super) fn create_with_console(
             return Err(e.into());
         }
     };
+    // Cgroup files libcgroups does not write (BFQ weight, v2 memory.high, cpu.weight).
+    for (ctrl, file, value) in &ub_plan.cgroup_files {
+        if let Err(e) = cgroup.write_file(ctrl, file, value) {
+            abandon(locked, Some(&cgroup), pid, &rec);
+            return Err(e.into());
+        }
+    }
     rec.status = Status::Created;
     rec.creator_pid = 0;
     rec.creator_start = 0;

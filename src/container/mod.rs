@@ -6,9 +6,11 @@
 
 mod create;
 mod ops;
+mod ub;
 
 pub use create::{create, CreateOptions};
 pub use ops::{delete, kill, list, run, start, state, RunOptions};
+pub use ub::{beancounters, set};
 
 use std::path::PathBuf;
 
@@ -31,6 +33,8 @@ pub enum ContainerError {
     Signal(#[from] signal::SignalError),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error(transparent)]
+    Ub(#[from] crate::ub::UbError),
     #[error("{0}")]
     InvalidId(String),
     #[error("{0}")]

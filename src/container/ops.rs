@@ -105,7 +105,13 @@ fn wait_for_exec(fifo: &std::os::fd::OwnedFd, pid: i32, start: u64) {
     while Instant::now() < deadline && alive(pid, start) {
         let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::empty())];
         match poll(&mut fds, PollTimeout::from(100u16)) {
-            Ok(_) if fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)) => return,
+            Ok(_)
+                if fds[0]
+                    .revents()
+                    .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)) =>
+            {
+                return
+            }
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(_) => return,
         }

@@ -1,0 +1,165 @@
+//! `runvz beancounters` and `runvz set`: the OpenVZ view of containers and live changes.
+
+use std::collections::BTreeMap;
+
+use oci_spec::runtime::Spec;
+
+use super::{Container, ContainerError};
+use crate::state::{Status, Store};
+use crate::ub::{self, apply, table, Param, Settings};
+
+fn settings_of(c: &Container) -> Settings {
+    c.rec
+        .ub
+        .as_ref()
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
+}
+
+const SEEN: &str = "ub-maxheld.json";
+
+/// The beancounter rows of every live container named (all when `ids` is empty).
+pub fn beancounters(
+    store: &Store,
+    ids: &[String],
+) -> Result<Vec<(String, Vec<table::Row>)>, ContainerError> {
+    let all = if ids.is_empty() {
+        store.ids()?
+    } else {
+        ids.to_vec()
+    };
+    let mut out = vec![];
+    for id in &all {
+        let c = match Container::load(store, id) {
+            Ok(c) => c,
+            Err(e) if !ids.is_empty() => return Err(e),
+            Err(_) => continue,
+        };
+        if matches!(c.status(), Status::Stopped | Status::Creating) {
+            if !ids.is_empty() {
+                return Err(ContainerError::WrongState {
+                    id: id.clone(),
+                    status: c.status(),
+                    what: "container not running".into(),
+                });
+            }
+            continue;
+        }
+        let Some(cg) = c.cgroup() else { continue };
+        let mut pids = cg.pids();
+        pids.retain(|p| *p != c.rec.pid);
+        pids.insert(0, c.rec.pid);
+        let usage = ub::usage::measure(&cg, &pids, c.rec.pid);
+        // The highest usage seen, for counters the kernel keeps no maximum of.
+        let seen_path = c.dir.join(SEEN);
+        let mut seen: BTreeMap<Param, u64> = std::fs::read(&seen_path)
+            .ok()
+            .and_then(|d| serde_json::from_slice(&d).ok())
+            .unwrap_or_default();
+        let rows = table::rows(&settings_of(&c), &usage, &mut seen);
+        if let Ok(data) = serde_json::to_vec(&seen) {
+            let tmp = c.dir.join(".ub-maxheld.tmp");
+            if std::fs::write(&tmp, data).is_ok() {
+                let _ = std::fs::rename(&tmp, &seen_path);
+            }
+        }
+        out.push((id.clone(), rows));
+    }
+    Ok(out)
+}
+
+/// `runvz set ID --numproc B:L ...`: change the settings of a live container at once.
+/// `changes` are (key, value) with keys as in the annotations without `io.runvz.`
+/// (`ub.numproc`, `ram`, `cpuunits`, ...). Returns warnings.
+pub fn set(
+    store: &Store,
+    id: &str,
+    changes: &[(String, String)],
+) -> Result<Vec<String>, ContainerError> {
+    let locked = store.lock(id)?;
+    let mut c = Container {
+        rec: locked.read()?,
+        dir: locked.dir.clone(),
+    };
+    let st = c.status();
+    if matches!(st, Status::Stopped | Status::Creating) {
+        return Err(ContainerError::WrongState {
+            id: id.into(),
+            status: st,
+            what: "container not running".into(),
+        });
+    }
+    let mut patch = Settings::default();
+    for (k, v) in changes {
+        ub::set_one(&mut patch, k, v)?;
+    }
+    let mut merged = settings_of(&c);
+    merged.merge(&patch);
+    let mut spec: Spec = c
+        .rec
+        .config
+        .as_ref()
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .ok_or_else(|| {
+            ContainerError::Config(format!("container {id}: no recorded config to update"))
+        })?;
+    let layout = if crate::cgroups::host_is_v2() {
+        apply::Layout::V2
+    } else {
+        apply::Layout::V1
+    };
+    let plan = apply::apply(&merged, &mut spec, layout, &c.rec.rootfs)?;
+    // The recorded spec already carries the previous settings: "overrides" is expected here.
+    let mut warnings: Vec<String> = plan
+        .warnings
+        .into_iter()
+        .filter(|w| !w.contains(" override"))
+        .collect();
+    let cg = c
+        .cgroup()
+        .ok_or_else(|| ContainerError::Config(format!("container {id}: it has no cgroup")))?;
+    if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+        cg.apply(res, None)?;
+    }
+    for (ctrl, file, value) in &plan.cgroup_files {
+        cg.write_file(ctrl, file, value)?;
+    }
+    let pid = c.rec.pid;
+    if let Some(l) = patch.ub.get(&Param::Shmpages) {
+        if l.limit != ub::UNLIMITED {
+            ub::live::set_shm(pid, l.limit)
+                .map_err(|e| ContainerError::Config(format!("shmpages: {e}")))?;
+        }
+    }
+    if let Some(l) = patch.ub.get(&Param::Numpty) {
+        ub::live::set_numpty(pid, (l.limit != ub::UNLIMITED).then_some(l.limit))
+            .map_err(|e| ContainerError::Config(format!("numpty: {e}")))?;
+    }
+    let pids = cg.pids();
+    for (p, res, scale) in [
+        (Param::Lockedpages, libc::RLIMIT_MEMLOCK, ub::PAGE),
+        (Param::Privvmpages, libc::RLIMIT_AS, ub::PAGE),
+        (Param::Numfile, libc::RLIMIT_NOFILE, 1),
+        (Param::Numsiginfo, libc::RLIMIT_SIGPENDING, 1),
+    ] {
+        if let Some(l) = patch.ub.get(&p) {
+            let conv = |v: u64| {
+                if v == ub::UNLIMITED {
+                    u64::MAX
+                } else {
+                    v.saturating_mul(scale)
+                }
+            };
+            warnings.extend(ub::live::set_rlimit(
+                &pids,
+                res,
+                conv(l.barrier),
+                conv(l.limit),
+            ));
+        }
+    }
+    c.rec.ub = serde_json::to_value(&merged).ok();
+    c.rec.config = serde_json::to_value(&spec).ok();
+    locked.write(&c.rec)?;
+    Ok(warnings)
+}

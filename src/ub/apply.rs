@@ -1,0 +1,370 @@
+//! From `Settings` to the kernel: cgroup values (through the OCI `linux.resources` the cgroup
+//! manager applies), rlimits, sysctls in the container's IPC namespace, the devpts `max=`
+//! option, and cgroup files libcgroups does not write. Where this host has no interface for a
+//! setting, a warning says so; nothing is silently dropped.
+
+use std::path::Path;
+
+use oci_spec::runtime::{
+    LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxNamespaceType, LinuxPids, LinuxResources,
+    LinuxThrottleDevice, LinuxThrottleDeviceBuilder, PosixRlimitBuilder, PosixRlimitType, Spec,
+};
+
+use super::{Limit, Param, Settings, UbError, PAGE, UNLIMITED};
+
+/// OpenVZ's I/O priority 0..7 as a proportional weight.
+pub const IOPRIO_WEIGHT: [u16; 8] = [320, 365, 410, 460, 500, 550, 600, 640];
+pub const CPU_PERIOD: u64 = 100_000;
+
+/// What `apply` decided, beyond the spec it edited.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub warnings: Vec<String>,
+    /// Cgroup files to write after the cgroup exists: (controller, file, value).
+    pub cgroup_files: Vec<(String, String, String)>,
+}
+
+/// Which cgroup layout the host has, for the parts of the mapping that differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// cgroup v1, also the hybrid layout (controllers on v1).
+    V1,
+    V2,
+}
+
+fn bytes(pages: u64) -> i64 {
+    if pages == UNLIMITED {
+        -1
+    } else {
+        pages.saturating_mul(PAGE).min(i64::MAX as u64) as i64
+    }
+}
+
+fn rlim(v: u64, scale: u64) -> u64 {
+    if v == UNLIMITED {
+        u64::MAX // RLIM_INFINITY
+    } else {
+        v.saturating_mul(scale)
+    }
+}
+
+fn set_rlimit(
+    spec: &mut Spec,
+    typ: PosixRlimitType,
+    soft: u64,
+    hard: u64,
+    key: &str,
+    plan: &mut Plan,
+) {
+    let Some(p) = spec.process_mut() else {
+        plan.warnings
+            .push(format!("{key}: no process in config.json, rlimit not set"));
+        return;
+    };
+    let mut list = p.rlimits().clone().unwrap_or_default();
+    if list.iter().any(|r| r.typ() == typ) {
+        plan.warnings
+            .push(format!("{key} overrides process.rlimits {typ}"));
+        list.retain(|r| r.typ() != typ);
+    }
+    match PosixRlimitBuilder::default()
+        .typ(typ)
+        .soft(soft)
+        .hard(hard)
+        .build()
+    {
+        Ok(r) => list.push(r),
+        Err(e) => plan.warnings.push(format!("{key}: {e}")),
+    }
+    p.set_rlimits(Some(list));
+}
+
+fn key(p: Param) -> String {
+    format!("io.runvz.ub.{}", p.name())
+}
+
+/// Edit `spec` so that creating it enforces `st`; `rootfs_dev` is the device of the
+/// container's root (for iolimit). Returns the warnings and the extra cgroup writes.
+pub fn apply(
+    st: &Settings,
+    spec: &mut Spec,
+    layout: Layout,
+    rootfs: &Path,
+) -> Result<Plan, UbError> {
+    let mut plan = Plan::default();
+    if st.is_empty() {
+        return Ok(plan);
+    }
+    let has_ns = |spec: &Spec, t: LinuxNamespaceType| {
+        spec.linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|v| v.iter().any(|n| n.typ() == t))
+    };
+    let ipc_ns = has_ns(spec, LinuxNamespaceType::Ipc);
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    let mut res: LinuxResources = linux.resources().clone().unwrap_or_default();
+
+    // numproc: pids.max = L
+    if let Some(l) = st.ub.get(&Param::Numproc) {
+        if res.pids().is_some() {
+            plan.warnings.push(format!(
+                "{} overrides linux.resources.pids.limit",
+                key(Param::Numproc)
+            ));
+        }
+        let mut pids = LinuxPids::default();
+        pids.set_limit(if l.limit == UNLIMITED {
+            -1
+        } else {
+            l.limit as i64
+        });
+        res.set_pids(Some(pids));
+    }
+
+    // physpages / swappages / guarantees / tcp buffers: the memory controller
+    let mem_keys = [
+        Param::Physpages,
+        Param::Swappages,
+        Param::Vmguarpages,
+        Param::Oomguarpages,
+        Param::Tcpsndbuf,
+        Param::Tcprcvbuf,
+    ];
+    if mem_keys.iter().any(|p| st.ub.contains_key(p)) {
+        let mut mem: LinuxMemory = (*res.memory()).unwrap_or_default();
+        let phys = st.get(Param::Physpages);
+        if st.ub.contains_key(&Param::Physpages) {
+            if mem.limit().is_some() {
+                plan.warnings.push(format!(
+                    "{} overrides linux.resources.memory.limit",
+                    key(Param::Physpages)
+                ));
+            }
+            mem.set_limit(Some(bytes(phys.limit)));
+            let soft = phys.barrier > 0 && phys.barrier < phys.limit;
+            match layout {
+                Layout::V1 => {
+                    mem.set_reservation(soft.then(|| bytes(phys.barrier)));
+                }
+                Layout::V2 if soft => plan.cgroup_files.push((
+                    "memory".into(),
+                    "memory.high".into(),
+                    bytes(phys.barrier).to_string(),
+                )),
+                Layout::V2 => {}
+            }
+        }
+        if let Some(sw) = st.ub.get(&Param::Swappages) {
+            if phys.limit == UNLIMITED {
+                plan.warnings.push(format!(
+                    "{}: swap is limited together with memory (memory+swap); set physpages or io.runvz.ram too",
+                    key(Param::Swappages)
+                ));
+            } else if sw.limit == UNLIMITED {
+                mem.set_swap(Some(-1));
+            } else {
+                mem.set_swap(Some(bytes(phys.limit).saturating_add(bytes(sw.limit))));
+            }
+        }
+        for (p, file) in [
+            (Param::Vmguarpages, "memory.low"),
+            (Param::Oomguarpages, "memory.min"),
+        ] {
+            if let Some(g) = st.ub.get(&p) {
+                match layout {
+                    Layout::V2 if g.barrier != UNLIMITED => plan.cgroup_files.push((
+                        "memory".into(),
+                        file.into(),
+                        bytes(g.barrier).to_string(),
+                    )),
+                    _ => plan.warnings.push(format!(
+                        "{}: cgroup v1 has no memory guarantee: accounted only",
+                        key(p)
+                    )),
+                }
+            }
+        }
+        let tcp: Vec<Limit> = [Param::Tcpsndbuf, Param::Tcprcvbuf]
+            .iter()
+            .filter_map(|p| st.ub.get(p).copied())
+            .collect();
+        if !tcp.is_empty() {
+            match layout {
+                Layout::V1 if tcp.iter().all(|l| l.limit != UNLIMITED) => {
+                    mem.set_kernel_tcp(Some(tcp.iter().map(|l| l.limit).sum::<u64>().min(i64::MAX as u64) as i64));
+                }
+                Layout::V1 => {}
+                Layout::V2 => plan.warnings.push(
+                    "io.runvz.ub.tcpsndbuf/tcprcvbuf: cgroup v2 has no TCP buffer limit: accounted only".into(),
+                ),
+            }
+        }
+        res.set_memory(Some(mem));
+    }
+
+    // CPU: fair share and quota
+    if st.cpuunits.is_some() || st.cpu_quota().is_some() {
+        let mut cpu: LinuxCpu = res.cpu().clone().unwrap_or_default();
+        if let Some(u) = st.cpuunits {
+            if cpu.shares().is_some() {
+                plan.warnings
+                    .push("io.runvz.cpuunits overrides linux.resources.cpu.shares".into());
+            }
+            match layout {
+                Layout::V1 => {
+                    cpu.set_shares(Some(u * 1024 / 1000));
+                }
+                Layout::V2 => {
+                    cpu.set_shares(None);
+                    plan.cgroup_files.push((
+                        "cpu".into(),
+                        "cpu.weight".into(),
+                        (u / 10).clamp(1, 10_000).to_string(),
+                    ))
+                }
+            }
+        }
+        if let Some(q) = st.cpu_quota() {
+            if cpu.quota().is_some() {
+                plan.warnings
+                    .push("io.runvz.cpulimit/cpus override linux.resources.cpu.quota".into());
+            }
+            cpu.set_quota(Some(q as i64));
+            cpu.set_period(Some(CPU_PERIOD));
+        }
+        res.set_cpu(Some(cpu));
+    }
+
+    // I/O: priority as a weight, limits as throttles on the root's disk
+    if let Some(p) = st.ioprio {
+        let w = IOPRIO_WEIGHT[p as usize];
+        let candidates: &[(&str, &str)] = match layout {
+            Layout::V1 => &[("blkio", "blkio.weight"), ("blkio", "blkio.bfq.weight")],
+            Layout::V2 => &[("io", "io.weight"), ("io", "io.bfq.weight")],
+        };
+        let root = match layout {
+            Layout::V1 => "/sys/fs/cgroup/blkio",
+            Layout::V2 => "/sys/fs/cgroup",
+        };
+        match candidates.iter().find(|(_, f)| Path::new(root).join(f).exists() || layout == Layout::V2 && *f == "io.weight") {
+            Some((ctrl, file)) => {
+                let value = if file.ends_with("io.weight") && layout == Layout::V2 { format!("default {w}") } else { w.to_string() };
+                plan.cgroup_files.push((ctrl.to_string(), file.to_string(), value));
+            }
+            None => plan.warnings.push(format!("io.runvz.ioprio: this kernel has no blkio/io weight interface: priority {p} not applied")),
+        }
+    }
+    if st.iolimit.is_some_and(|v| v > 0) || st.iopslimit.is_some_and(|v| v > 0) {
+        match root_disk(rootfs) {
+            Some((major, minor)) => {
+                let mut bio: LinuxBlockIo = res.block_io().clone().unwrap_or_default();
+                let dev = |rate: u64| -> Vec<LinuxThrottleDevice> {
+                    LinuxThrottleDeviceBuilder::default()
+                        .major(major)
+                        .minor(minor)
+                        .rate(rate)
+                        .build()
+                        .into_iter()
+                        .collect()
+                };
+                if let Some(b) = st.iolimit.filter(|v| *v > 0) {
+                    bio.set_throttle_read_bps_device(Some(dev(b)));
+                    bio.set_throttle_write_bps_device(Some(dev(b)));
+                }
+                if let Some(n) = st.iopslimit.filter(|v| *v > 0) {
+                    bio.set_throttle_read_iops_device(Some(dev(n)));
+                    bio.set_throttle_write_iops_device(Some(dev(n)));
+                }
+                res.set_block_io(Some(bio));
+            }
+            None => plan.warnings.push(format!(
+                "io.runvz.iolimit/iopslimit: {} is not on a block device: no throttle applied",
+                rootfs.display()
+            )),
+        }
+    }
+    linux.set_resources(Some(res));
+
+    // shmpages: SysV shm limits of the container's own IPC namespace
+    if let Some(l) = st.ub.get(&Param::Shmpages) {
+        if !ipc_ns {
+            return Err(UbError::Bad {
+                key: key(Param::Shmpages),
+                problem: "needs a new ipc namespace".into(),
+            });
+        }
+        if l.limit != UNLIMITED {
+            let mut sys = linux.sysctl().clone().unwrap_or_default();
+            sys.insert("kernel.shmall".into(), l.limit.to_string());
+            sys.insert(
+                "kernel.shmmax".into(),
+                l.limit.saturating_mul(PAGE).to_string(),
+            );
+            linux.set_sysctl(Some(sys));
+        }
+    }
+
+    // numpty: max= on the container's own devpts
+    if let Some(l) = st.ub.get(&Param::Numpty) {
+        let mounts = spec.mounts_mut().get_or_insert_with(Vec::new);
+        let Some(m) = mounts
+            .iter_mut()
+            .find(|m| m.typ().as_deref() == Some("devpts"))
+        else {
+            return Err(UbError::Bad {
+                key: key(Param::Numpty),
+                problem: "needs a devpts mount in config.json".into(),
+            });
+        };
+        let mut opts: Vec<String> = m.options().clone().unwrap_or_default();
+        opts.retain(|o| !o.starts_with("max="));
+        if l.limit != UNLIMITED {
+            opts.push(format!("max={}", l.limit));
+        }
+        if !opts.iter().any(|o| o == "newinstance") {
+            opts.push("newinstance".into());
+        }
+        m.set_options(Some(opts));
+    }
+
+    // per-process limits: rlimits
+    for (p, typ, scale) in [
+        (Param::Lockedpages, PosixRlimitType::RlimitMemlock, PAGE),
+        (Param::Privvmpages, PosixRlimitType::RlimitAs, PAGE),
+        (Param::Numfile, PosixRlimitType::RlimitNofile, 1),
+        (Param::Numsiginfo, PosixRlimitType::RlimitSigpending, 1),
+    ] {
+        if let Some(l) = st.ub.get(&p) {
+            set_rlimit(
+                spec,
+                typ,
+                rlim(l.barrier, scale),
+                rlim(l.limit, scale),
+                &key(p),
+                &mut plan,
+            );
+        }
+    }
+    Ok(plan)
+}
+
+/// The whole disk (major, minor) holding `path`, for blkio throttles (which work on disks,
+/// not partitions); `None` for overlay and other filesystems without a block device.
+pub fn root_disk(path: &Path) -> Option<(i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    if major == 0 {
+        return None;
+    }
+    let sys = std::path::PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    let disk = if sys.join("partition").exists() {
+        sys.join("..")
+    } else {
+        sys
+    };
+    let mm = std::fs::read_to_string(disk.join("dev")).ok()?;
+    let (a, b) = mm.trim().split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
