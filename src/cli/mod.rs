@@ -236,7 +236,7 @@ pub enum Cmd {
         format: String,
     },
     /// Change OpenVZ limits of a running container at once (vzctl set style).
-    Set(SetArgs),
+    Set(Box<SetArgs>),
     /// Write a default config.json.
     Spec {
         #[arg(short = 'b', long, default_value = ".")]
