@@ -248,6 +248,37 @@ impl Cgroup {
     }
 }
 
+/// A cgroup2-shaped tree in `root` with the directory `rel` holding the control files a real
+/// cgroup2 directory with the cpu, memory, pids and io controllers has (cgroupfs makes them;
+/// libcgroups never creates control files). For tests of the v2 paths on hosts whose
+/// controllers are bound to v1.
+#[cfg(test)]
+pub(crate) fn fake_v2_tree(root: &Path, rel: &str) -> PathBuf {
+    let dir = root.join(rel);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        root.join("cgroup.controllers"),
+        "cpuset cpu io memory hugetlb pids",
+    )
+    .unwrap();
+    std::fs::write(root.join("cgroup.subtree_control"), "").unwrap();
+    for f in [
+        "memory.max",
+        "memory.high",
+        "memory.low",
+        "memory.min",
+        "memory.swap.max",
+        "pids.max",
+        "cpu.max",
+        "cpu.weight",
+        "cpu.idle",
+        "cgroup.procs",
+    ] {
+        std::fs::write(dir.join(f), "").unwrap();
+    }
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,13 +287,7 @@ mod tests {
     #[test]
     fn v2_values_are_written() {
         let root = std::env::temp_dir().join(format!("runvz-cg2-{}", std::process::id()));
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(
-            root.join("cgroup.controllers"),
-            "cpuset cpu io memory hugetlb pids",
-        )
-        .unwrap();
-        std::fs::write(root.join("cgroup.subtree_control"), "").unwrap();
+        fake_v2_tree(&root, "runvz/c1");
         let cg = Cgroup::open_v2_at(&root, Path::new("/runvz/c1")).unwrap();
         cg.add(std::process::id() as i32).ok();
         let res: LinuxResources = serde_json::from_str(
@@ -270,23 +295,6 @@ mod tests {
                 "cpu":{"shares":2048,"quota":50000,"period":100000}}"#,
         )
         .unwrap();
-        // The files a cgroup2 directory with these controllers has (cgroupfs makes them;
-        // libcgroups never creates control files).
-        let dir = root.join("runvz/c1");
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in [
-            "memory.max",
-            "memory.low",
-            "memory.high",
-            "memory.swap.max",
-            "pids.max",
-            "cpu.max",
-            "cpu.weight",
-            "cpu.idle",
-            "cgroup.procs",
-        ] {
-            std::fs::write(dir.join(f), "").unwrap();
-        }
         cg.apply(&res, None).unwrap();
         let read =
             |f: &str| std::fs::read_to_string(root.join("runvz/c1").join(f)).unwrap_or_default();

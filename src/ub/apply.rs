@@ -368,3 +368,122 @@ pub fn root_disk(path: &Path) -> Option<(i64, i64)> {
     let (a, b) = mm.trim().split_once(':')?;
     Some((a.parse().ok()?, b.parse().ok()?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroups::Cgroup;
+    use std::collections::HashMap;
+
+    fn settings(kv: &[(&str, &str)]) -> Settings {
+        let m: HashMap<String, String> = kv
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        crate::ub::from_annotations(&m).unwrap()
+    }
+
+    /// The v2 mapping, written by the same code paths as on a real host into a
+    /// cgroup2-shaped tree (this host's controllers are bound to v1).
+    #[test]
+    fn v2_mapping_lands_in_cgroup2_files() {
+        let st = settings(&[
+            ("io.runvz.ub.numproc", "100:120"),
+            ("io.runvz.ub.physpages", "1000:2000"),
+            ("io.runvz.ub.swappages", "0:500"),
+            ("io.runvz.ub.oomguarpages", "300"),
+            ("io.runvz.cpuunits", "2000"),
+            ("io.runvz.cpulimit", "50"),
+        ]);
+        let mut spec = Spec::default();
+        let plan = apply(&st, &mut spec, Layout::V2, Path::new("/")).unwrap();
+        let root = std::env::temp_dir().join(format!("runvz-ubv2-{}", std::process::id()));
+        let dir = crate::cgroups::fake_v2_tree(&root, "c1");
+        let cg = Cgroup::open_v2_at(&root, Path::new("/c1")).unwrap();
+        cg.apply(
+            spec.linux().as_ref().unwrap().resources().as_ref().unwrap(),
+            None,
+        )
+        .unwrap();
+        for (ctrl, file, value) in &plan.cgroup_files {
+            cg.write_file(ctrl, file, value).unwrap();
+        }
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(read("pids.max"), "120");
+        assert_eq!(read("memory.max"), (2000 * 4096).to_string());
+        assert_eq!(read("memory.high"), (1000 * 4096).to_string());
+        // swap.max is the swap part alone on v2 (memory+swap minus memory).
+        assert_eq!(read("memory.swap.max"), (500 * 4096).to_string());
+        assert_eq!(read("memory.min"), (300 * 4096).to_string());
+        assert_eq!(read("cpu.weight"), "200");
+        assert_eq!(read("cpu.max"), "50000 100000");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn v1_mapping_and_per_process_limits() {
+        let st = settings(&[
+            ("io.runvz.ram", "1G"),
+            ("io.runvz.swap", "512M"),
+            ("io.runvz.cpuunits", "500"),
+            ("io.runvz.ub.numfile", "1000:2000"),
+            ("io.runvz.ub.lockedpages", "16:32"),
+            ("io.runvz.ub.numpty", "8"),
+            ("io.runvz.ub.shmpages", "256"),
+        ]);
+        let mut spec = Spec::default();
+        let plan = apply(&st, &mut spec, Layout::V1, Path::new("/")).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let mem = linux.resources().as_ref().unwrap().memory().unwrap();
+        assert_eq!(mem.limit(), Some(1 << 30));
+        assert_eq!(mem.swap(), Some((1 << 30) + (512 << 20)));
+        assert_eq!(mem.reservation(), None);
+        assert_eq!(
+            linux
+                .resources()
+                .as_ref()
+                .unwrap()
+                .cpu()
+                .as_ref()
+                .unwrap()
+                .shares(),
+            Some(512)
+        );
+        let rl = spec.process().as_ref().unwrap().rlimits().clone().unwrap();
+        let nofile = rl
+            .iter()
+            .find(|r| r.typ() == PosixRlimitType::RlimitNofile)
+            .unwrap();
+        assert_eq!((nofile.soft(), nofile.hard()), (1000, 2000));
+        let memlock = rl
+            .iter()
+            .find(|r| r.typ() == PosixRlimitType::RlimitMemlock)
+            .unwrap();
+        assert_eq!((memlock.soft(), memlock.hard()), (16 * 4096, 32 * 4096));
+        assert!(plan
+            .warnings
+            .iter()
+            .any(|w| w.contains("overrides process.rlimits")));
+        let devpts = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.typ().as_deref() == Some("devpts"))
+            .unwrap();
+        assert!(devpts
+            .options()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|o| o == "max=8"));
+        let sys = spec.linux().as_ref().unwrap().sysctl().clone().unwrap();
+        assert_eq!(sys["kernel.shmall"], "256");
+        assert_eq!(sys["kernel.shmmax"], "1048576");
+    }
+}
