@@ -107,8 +107,23 @@ fn run(cli: Cli) -> Result<i32> {
                 print!("{}", runvz::ub::table::text(&rows));
             }
         }
+        Cmd::Update(a) => {
+            let patch = a.patch().map_err(anyhow::Error::msg)?;
+            let changes = a.ub.changes();
+            if changes.is_empty() && patch.as_object().is_some_and(|o| o.is_empty()) {
+                bail!("update: nothing to change (e.g. --memory 256m, --pids-limit 100, -r resources.json)");
+            }
+            if patch.as_object().is_some_and(|o| !o.is_empty()) {
+                container::update(&store, &a.id, &patch)?;
+            }
+            if !changes.is_empty() {
+                for w in container::set(&store, &a.id, &changes)? {
+                    tracing::warn!("{w}");
+                }
+            }
+        }
         Cmd::Set(a) => {
-            let changes = a.changes();
+            let changes = a.ub.changes();
             if changes.is_empty() {
                 bail!(
                     "set: nothing to change (e.g. --numproc 100:120, --ram 512M, --cpuunits 1000)"

@@ -72,6 +72,54 @@ pub struct CreateArgs {
 #[derive(clap::Args, Debug)]
 pub struct SetArgs {
     pub id: String,
+    #[command(flatten)]
+    pub ub: UbFlags,
+}
+
+/// runc's `update` flags, and the OpenVZ ones `set` takes.
+#[derive(clap::Args, Debug)]
+pub struct UpdateArgs {
+    pub id: String,
+    /// linux.resources JSON to merge ('-' reads stdin).
+    #[arg(short = 'r', long)]
+    pub resources: Option<String>,
+    #[arg(long = "blkio-weight")]
+    pub blkio_weight: Option<u16>,
+    #[arg(long = "cpu-period")]
+    pub cpu_period: Option<u64>,
+    #[arg(long = "cpu-quota")]
+    pub cpu_quota: Option<i64>,
+    #[arg(long = "cpu-share")]
+    pub cpu_share: Option<u64>,
+    #[arg(long = "cpu-rt-period")]
+    pub cpu_rt_period: Option<u64>,
+    #[arg(long = "cpu-rt-runtime")]
+    pub cpu_rt_runtime: Option<i64>,
+    #[arg(long = "cpuset-cpus")]
+    pub cpuset_cpus: Option<String>,
+    #[arg(long = "cpuset-mems")]
+    pub cpuset_mems: Option<String>,
+    /// Memory limit (bytes, or with k/m/g).
+    #[arg(long)]
+    pub memory: Option<String>,
+    #[arg(long = "memory-reservation")]
+    pub memory_reservation: Option<String>,
+    /// Memory plus swap ("-1" = unlimited).
+    #[arg(long = "memory-swap")]
+    pub memory_swap: Option<String>,
+    #[arg(long = "kernel-memory")]
+    pub kernel_memory: Option<String>,
+    #[arg(long = "kernel-memory-tcp")]
+    pub kernel_memory_tcp: Option<String>,
+    #[arg(long = "pids-limit")]
+    pub pids_limit: Option<i64>,
+    #[command(flatten)]
+    pub ub: UbFlags,
+}
+
+/// The vzctl-style OpenVZ flags of `set` and `update`.
+#[derive(clap::Args, Debug)]
+pub struct UbFlags {
     #[arg(long)]
     pub kmemsize: Option<String>,
     #[arg(long)]
@@ -134,7 +182,7 @@ pub struct SetArgs {
     pub iopslimit: Option<String>,
 }
 
-impl SetArgs {
+impl UbFlags {
     /// The changes as (annotation key without `io.runvz.`, value).
     pub fn changes(&self) -> Vec<(String, String)> {
         let ub = [
@@ -237,11 +285,113 @@ pub enum Cmd {
     },
     /// Change OpenVZ limits of a running container at once (vzctl set style).
     Set(Box<SetArgs>),
+    /// Change the resources of a running container (runc's flags, or --resources JSON).
+    Update(Box<UpdateArgs>),
     /// Write a default config.json.
     Spec {
         #[arg(short = 'b', long, default_value = ".")]
         bundle: PathBuf,
     },
+}
+
+/// A byte size as runc takes it: a number with an optional k/m/g/t (powers of 1024), or -1.
+pub fn parse_bytes(s: &str) -> Result<i64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    if t == "-1" {
+        return Ok(-1);
+    }
+    let t = t.trim_end_matches('b');
+    let (num, shift) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 10),
+        Some('m') => (&t[..t.len() - 1], 20),
+        Some('g') => (&t[..t.len() - 1], 30),
+        Some('t') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: i64 = num.parse().map_err(|_| {
+        format!("invalid size {s:?}: expected a number with an optional k, m, g or t")
+    })?;
+    n.checked_mul(1 << shift)
+        .filter(|v| *v >= 0)
+        .ok_or_else(|| format!("invalid size {s:?}"))
+}
+
+impl UpdateArgs {
+    /// The linux.resources patch these flags describe.
+    pub fn patch(&self) -> Result<serde_json::Value, String> {
+        let mut p = match &self.resources {
+            Some(src) => {
+                let data = if src == "-" {
+                    let mut s = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                        .map_err(|e| format!("--resources -: {e}"))?;
+                    s
+                } else {
+                    std::fs::read_to_string(src).map_err(|e| format!("--resources {src}: {e}"))?
+                };
+                serde_json::from_str(&data).map_err(|e| format!("--resources: {e}"))?
+            }
+            None => serde_json::json!({}),
+        };
+        let mut set = |ptr: &str, v: serde_json::Value| {
+            let mut cur = &mut p;
+            for part in ptr.split('/').filter(|x| !x.is_empty()) {
+                if !cur.is_object() {
+                    *cur = serde_json::json!({});
+                }
+                cur = cur
+                    .as_object_mut()
+                    .expect("object")
+                    .entry(part)
+                    .or_insert(serde_json::Value::Null);
+            }
+            *cur = v;
+        };
+        let b = |s: &Option<String>| s.as_deref().map(parse_bytes).transpose();
+        if let Some(v) = self.blkio_weight {
+            set("/blockIO/weight", v.into());
+        }
+        if let Some(v) = self.cpu_period {
+            set("/cpu/period", v.into());
+        }
+        if let Some(v) = self.cpu_quota {
+            set("/cpu/quota", v.into());
+        }
+        if let Some(v) = self.cpu_share {
+            set("/cpu/shares", v.into());
+        }
+        if let Some(v) = self.cpu_rt_period {
+            set("/cpu/realtimePeriod", v.into());
+        }
+        if let Some(v) = self.cpu_rt_runtime {
+            set("/cpu/realtimeRuntime", v.into());
+        }
+        if let Some(v) = &self.cpuset_cpus {
+            set("/cpu/cpus", v.clone().into());
+        }
+        if let Some(v) = &self.cpuset_mems {
+            set("/cpu/mems", v.clone().into());
+        }
+        if let Some(v) = b(&self.memory)? {
+            set("/memory/limit", v.into());
+        }
+        if let Some(v) = b(&self.memory_reservation)? {
+            set("/memory/reservation", v.into());
+        }
+        if let Some(v) = b(&self.memory_swap)? {
+            set("/memory/swap", v.into());
+        }
+        if let Some(v) = b(&self.kernel_memory)? {
+            set("/memory/kernel", v.into());
+        }
+        if let Some(v) = b(&self.kernel_memory_tcp)? {
+            set("/memory/kernelTCP", v.into());
+        }
+        if let Some(v) = self.pids_limit {
+            set("/pids/limit", v.into());
+        }
+        Ok(p)
+    }
 }
 
 /// Long flags runc (Go's flag package) also accepts with a single dash.
@@ -268,6 +418,21 @@ const LONG: &[&str] = &[
     "keep",
     "no-subreaper",
     "version",
+    "resources",
+    "memory",
+    "memory-swap",
+    "memory-reservation",
+    "kernel-memory",
+    "kernel-memory-tcp",
+    "pids-limit",
+    "cpu-share",
+    "cpu-quota",
+    "cpu-period",
+    "cpuset-cpus",
+    "cpuset-mems",
+    "blkio-weight",
+    "cpu-rt-period",
+    "cpu-rt-runtime",
     "help",
 ];
 

@@ -10,7 +10,7 @@ mod ub;
 
 pub use create::{create, CreateOptions};
 pub use ops::{delete, kill, list, run, start, state, RunOptions};
-pub use ub::{beancounters, set};
+pub use ub::{beancounters, set, update};
 
 use std::path::PathBuf;
 

@@ -163,3 +163,56 @@ pub fn set(
     locked.write(&c.rec)?;
     Ok(warnings)
 }
+
+/// Overlay JSON `patch` on `base`: objects merge key by key, anything else replaces.
+fn merge_json(base: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (base, patch) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    continue;
+                }
+                merge_json(b.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
+/// `runvz update`: merge `patch` (an OCI `linux.resources` document, as runc's `--resources`
+/// and flags give it) into the container's resources and apply them at once.
+pub fn update(store: &Store, id: &str, patch: &serde_json::Value) -> Result<(), ContainerError> {
+    let locked = store.lock(id)?;
+    let mut c = Container {
+        rec: locked.read()?,
+        dir: locked.dir.clone(),
+    };
+    let st = c.status();
+    if matches!(st, Status::Stopped | Status::Creating) {
+        return Err(ContainerError::WrongState {
+            id: id.into(),
+            status: st,
+            what: "container not running".into(),
+        });
+    }
+    let mut config = c.rec.config.clone().ok_or_else(|| {
+        ContainerError::Config(format!("container {id}: no recorded config to update"))
+    })?;
+    let mut res = config
+        .pointer("/linux/resources")
+        .cloned()
+        .unwrap_or(serde_json::json!({}));
+    merge_json(&mut res, patch);
+    let parsed: oci_spec::runtime::LinuxResources = serde_json::from_value(res.clone())
+        .map_err(|e| ContainerError::Config(format!("--resources: {e}")))?;
+    let cg = c
+        .cgroup()
+        .ok_or_else(|| ContainerError::Config(format!("container {id}: it has no cgroup")))?;
+    cg.apply(&parsed, None)?;
+    if let Some(linux) = config.get_mut("linux").and_then(|l| l.as_object_mut()) {
+        linux.insert("resources".into(), res);
+    }
+    c.rec.config = Some(config);
+    locked.write(&c.rec)?;
+    Ok(())
+}

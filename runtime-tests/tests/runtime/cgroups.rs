@@ -155,3 +155,58 @@ fn cpuset_and_update_visible() {
     }
     assert!(cgroup_dirs(&b.cgroup).is_empty(), "cgroup survived delete");
 }
+
+#[test]
+fn update_changes_a_running_container() {
+    let t = setup!("cgroup-update");
+    let b = t.bundle().args(&["sleep", "1000"]);
+    t.create(&b);
+    t.start(&b.id);
+    t.rt.cmd(&[
+        "update",
+        "--memory",
+        "128m",
+        "--pids-limit",
+        "77",
+        "--cpu-share",
+        "300",
+        &b.id,
+    ])
+    .ok();
+    let (mem, v1) = cgroup_controller_dir("memory", &b.cgroup);
+    if v1 {
+        assert_eq!(
+            read_trim(&mem.join("memory.limit_in_bytes")),
+            (128u64 << 20).to_string()
+        );
+        let (pids, _) = cgroup_controller_dir("pids", &b.cgroup);
+        assert_eq!(read_trim(&pids.join("pids.max")), "77");
+        let (cpu, _) = cgroup_controller_dir("cpu", &b.cgroup);
+        assert_eq!(read_trim(&cpu.join("cpu.shares")), "300");
+    } else {
+        assert_eq!(
+            read_trim(&mem.join("memory.max")),
+            (128u64 << 20).to_string()
+        );
+        assert_eq!(read_trim(&mem.join("pids.max")), "77");
+    }
+    // --resources FILE, as containerd and Podman pass it.
+    let res = t.scratch().join("res.json");
+    fs::write(&res, r#"{"pids":{"limit":33}}"#).expect("write resources");
+    t.rt.cmd(&[
+        "update",
+        "--resources",
+        res.to_str().expect("utf8 path"),
+        &b.id,
+    ])
+    .ok();
+    let (pids, _) = cgroup_controller_dir("pids", &b.cgroup);
+    assert_eq!(read_trim(&pids.join("pids.max")), "33");
+    // The other values stay.
+    if v1 {
+        assert_eq!(
+            read_trim(&mem.join("memory.limit_in_bytes")),
+            (128u64 << 20).to_string()
+        );
+    }
+}
