@@ -35,6 +35,80 @@ fn create_opts(a: &cli::CreateArgs) -> Result<CreateOptions<'_>> {
     })
 }
 
+/// `ps` output (as runc: ps(1) run on the host) reduced to the container's processes.
+fn ps_table(pids: &[i32], args: &[String]) -> Result<()> {
+    let args: Vec<String> = if args.is_empty() {
+        vec!["-ef".into()]
+    } else {
+        args.to_vec()
+    };
+    let out = std::process::Command::new("ps")
+        .args(&args)
+        .output()
+        .context("running ps")?;
+    if !out.status.success() {
+        bail!(
+            "ps {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or("");
+    let col = header
+        .split_whitespace()
+        .position(|h| h == "PID")
+        .context("ps output has no PID column")?;
+    println!("{header}");
+    for l in lines {
+        if l.split_whitespace()
+            .nth(col)
+            .and_then(|p| p.parse::<i32>().ok())
+            .is_some_and(|p| pids.contains(&p))
+        {
+            println!("{l}");
+        }
+    }
+    Ok(())
+}
+
+/// The OCI features document, true to what runvz implements.
+fn features() -> serde_json::Value {
+    let mut caps: Vec<String> = caps::all().into_iter().map(|c| c.to_string()).collect();
+    caps.sort();
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": runvz::SPEC_VERSION,
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": ["async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "lazytime",
+            "mand", "noatime", "nodev", "nodiratime", "noexec", "nolazytime", "nomand", "norelatime",
+            "nostrictatime", "nosuid", "private", "rbind", "relatime", "remount", "ro", "rprivate", "rshared",
+            "rslave", "runbindable", "rw", "shared", "slave", "strictatime", "suid", "sync", "tmpcopyup",
+            "unbindable"],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+            "capabilities": caps,
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false, "rdma": false},
+            "seccomp": {
+                "enabled": true,
+                "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
+                    "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"],
+                "operators": ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT",
+                    "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
+                "archs": ["SCMP_ARCH_X86_64"],
+                "knownFlags": ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
+                "supportedFlags": ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"]
+            },
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false},
+            "intelRdt": {"enabled": false},
+            "mountExtensions": {"idmap": {"enabled": false}}
+        },
+        "annotations": {"io.runvz.ub.*": "OpenVZ user beancounters (docs/beancounters.md)"}
+    })
+}
+
 fn run(cli: Cli) -> Result<i32> {
     if cli.version {
         print_version();
@@ -57,7 +131,55 @@ fn run(cli: Cli) -> Result<i32> {
             };
             return Ok(container::run(&store, &create.id, &opts)?);
         }
+        Cmd::Exec(a) => {
+            runvz::process::exe::ensure_sealed();
+            let process = match &a.process {
+                Some(p) => {
+                    let data =
+                        std::fs::read(p).with_context(|| format!("--process {}", p.display()))?;
+                    Some(
+                        serde_json::from_slice(&data)
+                            .with_context(|| format!("--process {}", p.display()))?,
+                    )
+                }
+                None => None,
+            };
+            if a.preserve_fds < 0 {
+                bail!("--preserve-fds must not be negative");
+            }
+            let opts = container::ExecOptions {
+                process,
+                args: a.args.clone(),
+                tty: a.tty,
+                console_socket: a.console_socket.as_deref(),
+                detach: a.detach,
+                pid_file: a.pid_file.as_deref(),
+                cwd: a.cwd.clone(),
+                env: a.env.clone(),
+                user: a.user.clone(),
+                additional_gids: a.additional_gids.clone(),
+                caps: a.cap.clone(),
+                no_new_privs: a.no_new_privs,
+                preserve_fds: a.preserve_fds,
+            };
+            return Ok(container::exec(&store, &a.id, &opts)?);
+        }
         Cmd::Start { id } => container::start(&store, &id)?,
+        Cmd::Pause { id } => container::pause(&store, &id, true)?,
+        Cmd::Resume { id } => container::pause(&store, &id, false)?,
+        Cmd::Ps {
+            format,
+            id,
+            ps_args,
+        } => {
+            let pids = container::pids(&store, &id)?;
+            if format == "json" {
+                println!("{}", serde_json::to_string(&pids)?);
+            } else {
+                ps_table(&pids, &ps_args)?;
+            }
+        }
+        Cmd::Features => println!("{}", serde_json::to_string_pretty(&features())?),
         Cmd::State { id } => {
             let st = container::state(&store, &id)?;
             println!("{}", serde_json::to_string_pretty(&st)?);

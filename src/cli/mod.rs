@@ -68,6 +68,54 @@ pub struct CreateArgs {
     pub id: String,
 }
 
+/// runc's `exec` flags.
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// KEY=VALUE (repeatable).
+    #[arg(short = 'e', long)]
+    pub env: Vec<String>,
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// uid[:gid]
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    #[arg(short = 'g', long = "additional-gids")]
+    pub additional_gids: Vec<u32>,
+    /// A process.json to run (instead of args and the overrides).
+    #[arg(short = 'p', long)]
+    pub process: Option<PathBuf>,
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Accepted for runc compatibility (no SELinux here).
+    #[arg(long = "process-label")]
+    pub process_label: Option<String>,
+    /// Accepted for runc compatibility (no AppArmor here).
+    #[arg(long)]
+    pub apparmor: Option<String>,
+    #[arg(long = "no-new-privs")]
+    pub no_new_privs: bool,
+    /// Add a capability (repeatable).
+    #[arg(short = 'c', long)]
+    pub cap: Vec<String>,
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub preserve_fds: i32,
+    /// Accepted for runc compatibility: the process joins the container's cgroup.
+    #[arg(long)]
+    pub cgroup: Vec<String>,
+    #[arg(long = "ignore-paused")]
+    pub ignore_paused: bool,
+    pub id: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
 /// `runvz set ID --numproc B:L --physpages B:L --cpuunits N ...`
 #[derive(clap::Args, Debug)]
 pub struct SetArgs {
@@ -235,6 +283,23 @@ impl UbFlags {
 pub enum Cmd {
     /// Create a container (it waits for `start`).
     Create(CreateArgs),
+    /// Run a process in a running container.
+    Exec(Box<ExecArgs>),
+    /// Freeze every process of a running container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// List the container's processes (host PIDs with --format json; else ps(1) lines).
+    Ps {
+        #[arg(short = 'f', long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+        id: String,
+        /// ps(1) options (default -ef).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Print the OCI features document: what this runtime supports.
+    Features,
     /// Start a created container.
     Start { id: String },
     /// Print the state of a container as JSON.
@@ -433,16 +498,90 @@ const LONG: &[&str] = &[
     "blkio-weight",
     "cpu-rt-period",
     "cpu-rt-runtime",
+    "cwd",
+    "env",
+    "tty",
+    "user",
+    "additional-gids",
+    "process",
+    "process-label",
+    "apparmor",
+    "no-new-privs",
+    "cap",
+    "cgroup",
+    "ignore-paused",
     "help",
 ];
+
+/// Flags of `exec` that take a separate value, to find where its ID stands.
+const EXEC_VALUE_FLAGS: &[&str] = &[
+    "--console-socket",
+    "--cwd",
+    "--env",
+    "-e",
+    "--user",
+    "-u",
+    "--additional-gids",
+    "-g",
+    "--process",
+    "-p",
+    "--pid-file",
+    "--process-label",
+    "--apparmor",
+    "--cap",
+    "-c",
+    "--preserve-fds",
+    "--cgroup",
+    "-console-socket",
+    "-cwd",
+    "-env",
+    "-user",
+    "-additional-gids",
+    "-process",
+    "-pid-file",
+    "-process-label",
+    "-apparmor",
+    "-cap",
+    "-preserve-fds",
+    "-cgroup",
+];
+
+/// Index of the first argument after `exec ... ID`: the user's command, never rewritten.
+fn exec_command_start(args: &[String]) -> Option<usize> {
+    let e = args.iter().position(|a| a == "exec")?;
+    let mut i = e + 1;
+    while i < args.len() {
+        let a = &args[i];
+        if a == "--" {
+            return Some(i + 2);
+        }
+        if a.starts_with('-') {
+            i += if EXEC_VALUE_FLAGS.contains(&a.as_str()) {
+                2
+            } else {
+                1
+            };
+            continue;
+        }
+        return Some(i + 1); // args[i] is the ID
+    }
+    None
+}
 
 /// Rewrite `-long-flag[=v]` into `--long-flag[=v]` as runc's callers sometimes write it.
 pub fn normalize_args(args: Vec<String>) -> Vec<String> {
     let mut seen_sep = false;
+    let user_cmd = exec_command_start(&args).unwrap_or(usize::MAX);
     args.into_iter()
         .enumerate()
         .map(|(i, a)| {
-            if i == 0 || seen_sep || a.starts_with("--") || !a.starts_with('-') || a.len() < 3 {
+            if i == 0
+                || i >= user_cmd
+                || seen_sep
+                || a.starts_with("--")
+                || !a.starts_with('-')
+                || a.len() < 3
+            {
                 if a == "--" {
                     seen_sep = true;
                 }
@@ -487,6 +626,13 @@ mod tests {
         assert_eq!(
             normalize_args(v(&["runvz", "kill", "x", "-9"])),
             v(&["runvz", "kill", "x", "-9"])
+        );
+        // The user's command after `exec ... ID` is never touched.
+        assert_eq!(
+            normalize_args(v(&[
+                "runvz", "exec", "-cwd", "/", "-t", "c1", "ps", "-format", "x"
+            ])),
+            v(&["runvz", "exec", "--cwd", "/", "-t", "c1", "ps", "-format", "x"])
         );
     }
 }

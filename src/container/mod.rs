@@ -5,11 +5,13 @@
 //! them, so a crashed runtime or a killed container never leaves a status that lies.
 
 mod create;
+mod exec;
 mod ops;
 mod ub;
 
 pub use create::{create, CreateOptions};
-pub use ops::{delete, kill, list, run, start, state, RunOptions};
+pub use exec::{exec, ExecOptions};
+pub use ops::{delete, kill, list, pause, pids, run, start, state, RunOptions};
 pub use ub::{beancounters, set, update};
 
 use std::path::PathBuf;

@@ -267,6 +267,49 @@ extern "C" fn forward_signal(sig: libc::c_int) {
     }
 }
 
+/// Wait for `pid` (our child, or reparented to us as subreaper), forwarding the usual signals
+/// to it; its exit code, 128+N when killed by signal N.
+pub(super) fn wait_exit(pid: i32) -> i32 {
+    FORWARD_TO.store(pid, Ordering::Relaxed);
+    {
+        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+        let act = SigAction::new(
+            SigHandler::Handler(forward_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        for s in [
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+            Signal::SIGUSR1,
+            Signal::SIGUSR2,
+            Signal::SIGWINCH,
+        ] {
+            // SAFETY: the handler only calls the async-signal-safe kill().
+            let _ = unsafe { sigaction(s, &act) };
+        }
+    }
+    let start = sys::proc_start_time(pid).map(|s| s.0).unwrap_or(0);
+    let code = loop {
+        match nix::sys::wait::waitpid(Pid::from_raw(pid), None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => break c,
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
+            Ok(_) => continue,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => {
+                // Not our child after all (e.g. a subreaper above us): poll instead.
+                tracing::debug!("waitpid {pid}: {e}");
+                wait_gone(pid, start, Duration::from_secs(u64::MAX / 4));
+                break 0;
+            }
+        }
+    };
+    FORWARD_TO.store(0, Ordering::Relaxed);
+    code
+}
+
 /// `run`: create + start; without `--detach`, wait for the init, delete the container and
 /// return the exit code (128 + signal for a killed process).
 pub fn run(store: &Store, id: &str, opts: &RunOptions) -> Result<i32, ContainerError> {
@@ -308,49 +351,57 @@ pub fn run(store: &Store, id: &str, opts: &RunOptions) -> Result<i32, ContainerE
     if opts.detach {
         return Ok(0);
     }
-    let pid = c.rec.pid;
-    FORWARD_TO.store(pid, Ordering::Relaxed);
-    {
-        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
-        let act = SigAction::new(
-            SigHandler::Handler(forward_signal),
-            SaFlags::SA_RESTART,
-            SigSet::empty(),
-        );
-        for s in [
-            Signal::SIGINT,
-            Signal::SIGTERM,
-            Signal::SIGHUP,
-            Signal::SIGQUIT,
-            Signal::SIGUSR1,
-            Signal::SIGUSR2,
-            Signal::SIGWINCH,
-        ] {
-            // SAFETY: the handler only calls the async-signal-safe kill().
-            let _ = unsafe { sigaction(s, &act) };
-        }
-    }
     if let Some(m) = &master {
         crate::process::tty::copy_winsize(0, m);
         let _raw = crate::process::tty::RawMode::enter(0);
         crate::process::tty::proxy(m);
     }
-    let code = loop {
-        match nix::sys::wait::waitpid(Pid::from_raw(pid), None) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => break c,
-            Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
-            Ok(_) => continue,
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => {
-                // Not our child after all (e.g. a subreaper above us): poll instead.
-                tracing::debug!("waitpid {pid}: {e}");
-                wait_gone(pid, c.rec.pid_start, Duration::from_secs(u64::MAX / 4));
-                break 0;
-            }
-        }
-    };
-    FORWARD_TO.store(0, Ordering::Relaxed);
+    let code = wait_exit(c.rec.pid);
     let _ = std::io::stdout().flush();
     delete(store, id, true)?;
     Ok(code)
+}
+
+/// `pause` (freeze every process of the container) and `resume`.
+pub fn pause(store: &Store, id: &str, frozen: bool) -> Result<(), ContainerError> {
+    let locked = store.lock(id)?;
+    let mut c = Container {
+        rec: locked.read()?,
+        dir: locked.dir.clone(),
+    };
+    let st = c.status();
+    let (want, to) = if frozen {
+        (Status::Running, Status::Paused)
+    } else {
+        (Status::Paused, Status::Running)
+    };
+    if st != want {
+        let what = if frozen {
+            "only a running container can be paused"
+        } else {
+            "container not paused"
+        };
+        return Err(wrong(&c, st, what));
+    }
+    let cg = c.cgroup().ok_or_else(|| {
+        ContainerError::Config(format!("container {id}: it has no cgroup to freeze"))
+    })?;
+    cg.freeze(frozen)?;
+    c.rec.status = to;
+    locked.write(&c.rec)?;
+    Ok(())
+}
+
+/// Host PIDs of every process in the container (`ps --format json`).
+pub fn pids(store: &Store, id: &str) -> Result<Vec<i32>, ContainerError> {
+    let c = Container::load(store, id)?;
+    let mut pids = match c.cgroup() {
+        Some(cg) => cg.pids(),
+        None => vec![],
+    };
+    if pids.is_empty() && alive(c.rec.pid, c.rec.pid_start) {
+        pids.push(c.rec.pid);
+    }
+    pids.sort_unstable();
+    Ok(pids)
 }

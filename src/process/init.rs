@@ -1,34 +1,24 @@
 //! The container init: runs in the container's namespaces, builds its filesystem, becomes
 //! the configured user, waits for `start` on the exec fifo and execs the user's program.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Process};
+use oci_spec::runtime::LinuxNamespaceType;
 
 use super::channel::{self, Channel, Msg};
-use super::identity;
 use super::spawn::InitConfig;
+use super::user_process;
 use crate::{hooks, rootfs, sys};
-
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, thiserror::Error)]
 enum InitError {
     #[error(transparent)]
     Rootfs(#[from] rootfs::RootfsError),
     #[error(transparent)]
-    Identity(#[from] identity::IdentityError),
+    UserProcess(#[from] user_process::UserProcessError),
     #[error(transparent)]
     Channel(#[from] channel::ChannelError),
-    #[error(transparent)]
-    Seccomp(#[from] crate::seccomp::SeccompError),
-    #[error(transparent)]
-    Tty(#[from] super::tty::TtyError),
     #[error("{0}")]
     Msg(String),
 }
@@ -45,21 +35,14 @@ pub fn run(cfg: &InitConfig, chan: &Channel, fifo: OwnedFd) -> ! {
     }
 }
 
-/// The program to exec, ready as C strings.
-struct Exec {
-    path: CString,
-    args: Vec<CString>,
-    env: Vec<CString>,
-    /// startContainer hooks, run after `start` and before the user's program.
+/// What the init does at `start`: the startContainer hooks, then the user's program.
+struct Start {
+    exec: user_process::Exec,
     start_hooks: Vec<oci_spec::runtime::Hook>,
     start_state: String,
 }
 
-fn cstring(s: &str, what: &str) -> Result<CString, InitError> {
-    CString::new(s).map_err(|_| InitError::Msg(format!("{what} contains a NUL byte")))
-}
-
-fn setup(cfg: &InitConfig, chan: &Channel) -> Result<Option<Exec>, InitError> {
+fn setup(cfg: &InitConfig, chan: &Channel) -> Result<Option<Start>, InitError> {
     let spec = cfg.spec;
     let _ = nix::unistd::setsid();
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
@@ -117,57 +100,21 @@ fn setup(cfg: &InitConfig, chan: &Channel) -> Result<Option<Exec>, InitError> {
         chan.send(&Msg::Ready)?;
         return Ok(None);
     };
-    if proc_.terminal().unwrap_or(false) {
-        let sock = cfg
-            .console
-            .ok_or_else(|| InitError::Msg("process.terminal needs a console socket".into()))?;
-        let size = proc_
-            .console_size()
-            .map(|b| (b.height() as u16, b.width() as u16));
-        super::tty::setup_console(sock, proc_.user().uid(), size)?;
-        // SAFETY: the console socket is ours and no longer needed.
-        unsafe { libc::close(sock) };
-    }
-    identity::set_rlimits(proc_.rlimits().as_deref().unwrap_or(&[]))?;
-    let caps = proc_.capabilities().as_ref();
-    identity::drop_bounding(caps)?;
-    // Enter the cwd as root first (checked before any seccomp filter could deny getcwd);
-    // a cwd only the user may enter is retried after the switch.
-    let cwd_done = enter_cwd(proc_.cwd()).is_ok();
-    let nnp = proc_.no_new_privileges().unwrap_or(false);
-    // Nothing but stdio and the preserved fds may cross into the user's program. Done before
-    // any seccomp filter exists: a profile need not allow the syscalls runvz itself uses.
-    let first = 3 + cfg.preserve_fds as u32;
-    sys::cloexec_from(first).map_err(|e| InitError::Msg(format!("close_range: {e}")))?;
-    for fd in 3..first as i32 {
-        sys::clear_cloexec(fd)
-            .map_err(|e| InitError::Msg(format!("--preserve-fds: fd {fd}: {e}")))?;
-    }
-    let exec = resolve_exec(proc_)?;
+    let exec = user_process::prepare(
+        proc_,
+        &user_process::Options {
+            seccomp: cfg.seccomp,
+            console: cfg.console,
+            preserve_fds: cfg.preserve_fds,
+            setgroups_allowed,
+        },
+    )?;
     install_exit_handlers();
-    // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it while we are root.
-    if let (Some(sc), false) = (cfg.seccomp, nnp) {
-        sc.install()?;
-    }
-    identity::switch_user(proc_.user(), caps, setgroups_allowed)?;
-    if nnp {
-        identity::no_new_privs()?;
-    }
-    if !cwd_done {
-        enter_cwd(proc_.cwd())?;
-    }
-    // With no_new_privs the filter goes on as late as possible, after our own syscalls.
-    if let (Some(sc), true) = (cfg.seccomp, nnp) {
-        sc.install()?;
-    }
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
-        proc_.user().umask().unwrap_or(0o022) as _,
-    ));
     chan.send(&Msg::Ready)?;
-    Ok(Some(Exec {
+    Ok(Some(Start {
+        exec,
         start_hooks,
         start_state,
-        ..exec
     }))
 }
 
@@ -183,73 +130,6 @@ fn set_oom_score_adj(adj: i32) -> Result<(), InitError> {
                 ""
             }
         ))
-    })
-}
-
-/// chdir into the configured cwd and make sure it is inside the container: a cwd reached
-/// through a leaked host fd would show as "(unreachable)" (CVE-2024-21626).
-fn enter_cwd(cwd: &Path) -> Result<(), InitError> {
-    nix::unistd::chdir(cwd)
-        .map_err(|e| InitError::Msg(format!("process.cwd {}: {e}", cwd.display())))?;
-    let now = nix::unistd::getcwd()
-        .map_err(|e| InitError::Msg(format!("process.cwd {}: {e}", cwd.display())))?;
-    if !now.is_absolute() || now.as_os_str().as_bytes().starts_with(b"(unreachable)") {
-        return Err(InitError::Msg(format!(
-            "process.cwd {} is outside the container",
-            cwd.display()
-        )));
-    }
-    Ok(())
-}
-
-fn is_executable(p: &Path) -> bool {
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
-fn resolve_exec(p: &Process) -> Result<Exec, InitError> {
-    let args = p.args().as_deref().unwrap_or(&[]);
-    let prog = args
-        .first()
-        .ok_or_else(|| InitError::Msg("process.args is empty".into()))?;
-    let env: Vec<String> = p.env().clone().unwrap_or_default();
-    let path: PathBuf = if prog.contains('/') {
-        PathBuf::from(prog)
-    } else {
-        let search = env
-            .iter()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or(DEFAULT_PATH);
-        search
-            .split(':')
-            .map(|d| Path::new(if d.is_empty() { "." } else { d }).join(prog))
-            .find(|c| is_executable(c))
-            .ok_or_else(|| {
-                InitError::Msg(format!(
-                    "exec: {prog:?}: executable file not found in $PATH"
-                ))
-            })?
-    };
-    if !path.exists() {
-        return Err(InitError::Msg(format!(
-            "exec: {}: no such file or directory",
-            path.display()
-        )));
-    }
-    Ok(Exec {
-        path: CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| InitError::Msg("process.args[0] contains a NUL byte".into()))?,
-        args: args
-            .iter()
-            .map(|a| cstring(a, "process.args"))
-            .collect::<Result<_, _>>()?,
-        env: env
-            .iter()
-            .map(|e| cstring(e, "process.env"))
-            .collect::<Result<_, _>>()?,
-        start_hooks: vec![],
-        start_state: String::new(),
     })
 }
 
@@ -281,7 +161,7 @@ fn install_exit_handlers() {
     }
 }
 
-fn wait_and_exec(fifo: OwnedFd, exec: Option<Exec>) -> ! {
+fn wait_and_exec(fifo: OwnedFd, start: Option<Start>) -> ! {
     let mut b = [0u8; 1];
     loop {
         match nix::unistd::read(fifo.as_raw_fd(), &mut b) {
@@ -292,17 +172,14 @@ fn wait_and_exec(fifo: OwnedFd, exec: Option<Exec>) -> ! {
         }
     }
     drop(fifo);
-    let Some(exec) = exec else {
+    let Some(start) = start else {
         // SAFETY: _exit in the forked init: a container without a process ends at start.
         unsafe { libc::_exit(0) }
     };
-    if let Err(e) = hooks::run("startContainer", &exec.start_hooks, &exec.start_state) {
+    if let Err(e) = hooks::run("startContainer", &start.start_hooks, &start.start_state) {
         eprintln!("runvz: {e}");
         // SAFETY: _exit in the forked init.
         unsafe { libc::_exit(1) }
     }
-    let err = nix::unistd::execve(&exec.path, &exec.args, &exec.env).unwrap_err();
-    eprintln!("runvz: exec {}: {err}", exec.path.to_string_lossy());
-    // SAFETY: _exit in the forked init.
-    unsafe { libc::_exit(if err == nix::Error::ENOENT { 127 } else { 126 }) }
+    user_process::exec(&start.exec)
 }

@@ -7,10 +7,12 @@
 
 pub mod channel;
 pub mod exe;
+pub mod exec;
 pub mod identity;
 pub mod init;
 pub mod spawn;
 pub mod tty;
+pub mod user_process;
 
 pub use spawn::{spawn, Event, InitConfig};
 

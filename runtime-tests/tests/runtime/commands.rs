@@ -306,3 +306,34 @@ fn list_shows_containers() {
     );
     assert!(plain.stdout.contains(&a.id));
 }
+
+#[test]
+fn features_describes_the_runtime() {
+    let t = setup!("features");
+    let o = t.rt.cmd(&["features"]).ok();
+    let f = o.json();
+    assert!(
+        f["ociVersionMin"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("1.")),
+        "{f}"
+    );
+    assert!(
+        f["ociVersionMax"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("1.")),
+        "{f}"
+    );
+    let ns = f["linux"]["namespaces"]
+        .as_array()
+        .expect("linux.namespaces");
+    for want in ["mount", "pid", "network", "ipc", "uts", "user", "cgroup"] {
+        assert!(ns.iter().any(|n| n == want), "{want} missing from {ns:?}");
+    }
+    assert!(
+        f["hooks"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|x| x == "prestart")),
+        "{f}"
+    );
+}
