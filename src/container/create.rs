@@ -204,6 +204,16 @@ pub(super) fn create_with_console(
             return Err(e.into());
         }
     }
+    if let Some(w) = ub_plan.io_weight {
+        match crate::ub::apply::write_io_weight(&cgroup, w) {
+            Ok(Some(warning)) => tracing::warn!("{warning}"),
+            Ok(None) => {}
+            Err(e) => {
+                abandon(locked, Some(&cgroup), pid, &rec);
+                return Err(e.into());
+            }
+        }
+    }
     rec.status = Status::Created;
     rec.creator_pid = 0;
     rec.creator_start = 0;

@@ -124,6 +124,9 @@ pub fn set(
     for (ctrl, file, value) in &plan.cgroup_files {
         cg.write_file(ctrl, file, value)?;
     }
+    if let Some(w) = plan.io_weight {
+        warnings.extend(apply::write_io_weight(&cg, w)?);
+    }
     let pid = c.rec.pid;
     if let Some(l) = patch.ub.get(&Param::Shmpages) {
         if l.limit != ub::UNLIMITED {

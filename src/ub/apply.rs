@@ -22,6 +22,36 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// Cgroup files to write after the cgroup exists: (controller, file, value).
     pub cgroup_files: Vec<(String, String, String)>,
+    /// The I/O weight of `ioprio`, for `write_io_weight`.
+    pub io_weight: Option<u16>,
+}
+
+/// Write the ioprio weight into whichever weight file the container's cgroup has
+/// (blkio.weight, blkio.bfq.weight; io.weight, io.bfq.weight); a warning when none.
+pub fn write_io_weight(
+    cg: &crate::cgroups::Cgroup,
+    w: u16,
+) -> Result<Option<String>, crate::cgroups::CgroupError> {
+    let candidates: &[(&str, &str, String)] = if cg.is_v2() {
+        &[
+            ("io", "io.weight", format!("default {w}")),
+            ("io", "io.bfq.weight", w.to_string()),
+        ]
+    } else {
+        &[
+            ("blkio", "blkio.weight", w.to_string()),
+            ("blkio", "blkio.bfq.weight", w.to_string()),
+        ]
+    };
+    for (ctrl, file, value) in candidates {
+        if cg.file(ctrl, file).exists() {
+            cg.write_file(ctrl, file, value)?;
+            return Ok(None);
+        }
+    }
+    Ok(Some(format!(
+        "io.runvz.ioprio: this kernel has no blkio/io weight interface: weight {w} not applied"
+    )))
 }
 
 /// Which cgroup layout the host has, for the parts of the mapping that differ.
@@ -237,24 +267,9 @@ pub fn apply(
     }
 
     // I/O: priority as a weight, limits as throttles on the root's disk
-    if let Some(p) = st.ioprio {
-        let w = IOPRIO_WEIGHT[p as usize];
-        let candidates: &[(&str, &str)] = match layout {
-            Layout::V1 => &[("blkio", "blkio.weight"), ("blkio", "blkio.bfq.weight")],
-            Layout::V2 => &[("io", "io.weight"), ("io", "io.bfq.weight")],
-        };
-        let root = match layout {
-            Layout::V1 => "/sys/fs/cgroup/blkio",
-            Layout::V2 => "/sys/fs/cgroup",
-        };
-        match candidates.iter().find(|(_, f)| Path::new(root).join(f).exists() || layout == Layout::V2 && *f == "io.weight") {
-            Some((ctrl, file)) => {
-                let value = if file.ends_with("io.weight") && layout == Layout::V2 { format!("default {w}") } else { w.to_string() };
-                plan.cgroup_files.push((ctrl.to_string(), file.to_string(), value));
-            }
-            None => plan.warnings.push(format!("io.runvz.ioprio: this kernel has no blkio/io weight interface: priority {p} not applied")),
-        }
-    }
+    // The weight file depends on the kernel and the disk's scheduler: chosen once the
+    // container's cgroup exists (`write_io_weight`).
+    plan.io_weight = st.ioprio.map(|p| IOPRIO_WEIGHT[p as usize]);
     if st.iolimit.is_some_and(|v| v > 0) || st.iopslimit.is_some_and(|v| v > 0) {
         match root_disk(rootfs) {
             Some((major, minor)) => {
