@@ -180,6 +180,7 @@ impl Store {
     /// so a container is never visible without a record. The lock is held until dropped.
     pub fn claim(&self, id: &str, rec: &Record) -> Result<Locked, StateError> {
         self.ensure_root()?;
+        self.sweep_staging(id);
         let dir = self.root.join(id);
         if dir.exists() {
             return Err(StateError::Exists(id.to_string()));
@@ -217,6 +218,31 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// Remove staging directories of `id` whose creating process is gone (a `create` killed
+    /// inside `claim`). Returns how many were removed.
+    pub fn sweep_staging(&self, id: &str) -> usize {
+        let prefix = format!(".{id}.");
+        let Ok(rd) = fs::read_dir(&self.root) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(".new"))
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() as i32 && sys::proc_start_time(pid).is_none() {
+                let _ = fs::remove_dir_all(e.path());
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Lock an existing container. Fails with NotFound if it does not exist (also when it was

@@ -183,7 +183,12 @@ fn wait_gone(pid: i32, start: u64, timeout: Duration) -> bool {
 }
 
 pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), ContainerError> {
-    let locked = store.lock(id)?;
+    // A create killed before its record was in place leaves only a staging directory.
+    let swept = store.sweep_staging(id);
+    let locked = match store.lock(id) {
+        Err(crate::state::StateError::NotFound(_)) if swept > 0 => return Ok(()),
+        other => other?,
+    };
     let c = Container {
         rec: locked.read()?,
         dir: locked.dir.clone(),

@@ -7,6 +7,7 @@
 mod beancounters;
 mod cgroups;
 mod commands;
+mod crash;
 mod exec;
 mod malformed;
 mod mounts;
