@@ -166,3 +166,116 @@ fn sigkill_during_create_then_delete_force_leaves_nothing() {
         );
     }
 }
+
+#[test]
+fn parallel_calls_leave_consistent_state() {
+    let t = setup!("concurrency");
+    let rt = &t.rt;
+    // 20 parallel creates of one ID: exactly one wins, the others say it exists.
+    let same = t.bundle().args(&["sleep", "1000"]);
+    same.save();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..20)
+            .map(|_| s.spawn(|| rt.cmd(&["create", "--bundle", &same.dir_str(), &same.id])))
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    let wins = results.iter().filter(|o| o.success()).count();
+    assert_eq!(wins, 1, "{wins} of 20 parallel creates of one ID succeeded");
+    for o in results.iter().filter(|o| !o.success()) {
+        assert!(
+            o.stderr.contains("exists"),
+            "a losing create must say the ID exists: {:?}",
+            o.stderr
+        );
+    }
+    assert_eq!(rt.status(&same.id), "created");
+    // 100 distinct containers through create/start/kill/delete in parallel, while state
+    // and list are polled; none of those may fail.
+    let bundles: Vec<_> = (0..100)
+        .map(|_| t.bundle().args(&["sleep", "1000"]))
+        .collect();
+    for b in &bundles {
+        b.save();
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let failures = std::sync::Mutex::new(Vec::<String>::new());
+    std::thread::scope(|s| {
+        let poller = s.spawn(|| {
+            let mut polls = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let l = rt.cmd(&["list", "--format", "json"]);
+                if !l.success()
+                    || serde_json::from_str::<serde_json::Value>(l.stdout.trim()).is_err()
+                {
+                    failures
+                        .lock()
+                        .expect("lock")
+                        .push(format!("list failed: {}", l.stderr));
+                }
+                let st = rt.cmd(&["state", &same.id]);
+                if !st.success() {
+                    failures
+                        .lock()
+                        .expect("lock")
+                        .push(format!("state failed: {}", st.stderr));
+                }
+                polls += 1;
+            }
+            polls
+        });
+        for chunk in bundles.chunks(25) {
+            let hs: Vec<_> = chunk
+                .iter()
+                .map(|b| {
+                    s.spawn(|| {
+                        let dir = b.dir_str();
+                        for args in [
+                            vec!["create", "--bundle", dir.as_str(), b.id.as_str()],
+                            vec!["start", b.id.as_str()],
+                            vec!["kill", b.id.as_str(), "KILL"],
+                            vec!["delete", "--force", b.id.as_str()],
+                        ] {
+                            let o = rt.cmd(&args);
+                            if !o.success() && args[0] != "kill" {
+                                failures
+                                    .lock()
+                                    .expect("lock")
+                                    .push(format!("{args:?}: {}", o.stderr.trim()));
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().expect("thread");
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let polls = poller.join().expect("poller");
+        note(&format!(
+            "concurrency: {} list/state polls alongside 100 lifecycles",
+            polls
+        ));
+    });
+    let f = failures.into_inner().expect("lock");
+    if !rt.is_runvz() {
+        // runc 1.1.5's `list` fails when a container is deleted while it reads the root:
+        // reported, not failed on (the issue asks runvz alone to be immune).
+        note(&format!(
+            "concurrency: {} reports {} failures, first: {:?}",
+            rt.name,
+            f.len(),
+            f.first()
+        ));
+        return;
+    }
+    assert!(f.is_empty(), "{} failures, first: {:?}", f.len(), f.first());
+    for b in &bundles {
+        assert!(
+            rt.state(&b.id).is_err(),
+            "{} still exists after delete",
+            b.id
+        );
+    }
+}
