@@ -57,7 +57,10 @@ fn reap(id: &str, cgroup: &str, root: &std::path::Path) {
 
 #[test]
 fn sigkill_during_create_then_delete_force_leaves_nothing() {
-    let t = setup!("crash-create");
+    let mut t = setup!("crash-create");
+    // A state root of its own: runc's `list` fails while containers vanish under it, and this
+    // test makes many vanish.
+    t.rt.root = t.rt.root.with_extension("crash");
     let rt = &t.rt;
     let mk = |n: usize| {
         let id = format!("{}crash-{n}", run_tag());
@@ -169,7 +172,8 @@ fn sigkill_during_create_then_delete_force_leaves_nothing() {
 
 #[test]
 fn parallel_calls_leave_consistent_state() {
-    let t = setup!("concurrency");
+    let mut t = setup!("concurrency");
+    t.rt.root = t.rt.root.with_extension("concurrency");
     let rt = &t.rt;
     // 20 parallel creates of one ID: exactly one wins, the others say it exists.
     let same = t.bundle().args(&["sleep", "1000"]);
@@ -181,15 +185,21 @@ fn parallel_calls_leave_consistent_state() {
         hs.into_iter().map(|h| h.join().expect("thread")).collect()
     });
     let wins = results.iter().filter(|o| o.success()).count();
-    assert_eq!(wins, 1, "{wins} of 20 parallel creates of one ID succeeded");
-    for o in results.iter().filter(|o| !o.success()) {
-        assert!(
-            o.stderr.contains("exists"),
-            "a losing create must say the ID exists: {:?}",
-            o.stderr
-        );
+    let mut problems = vec![];
+    if wins != 1 {
+        problems.push(format!("{wins} of 20 parallel creates of one ID succeeded"));
     }
-    assert_eq!(rt.status(&same.id), "created");
+    for o in results.iter().filter(|o| !o.success()) {
+        if !o.stderr.contains("exists") {
+            problems.push(format!(
+                "a losing create did not say the ID exists: {:?}",
+                o.stderr.trim()
+            ));
+        }
+    }
+    if wins == 1 && rt.status(&same.id) != "created" {
+        problems.push(format!("the winner is {}", rt.status(&same.id)));
+    }
     // 100 distinct containers through create/start/kill/delete in parallel, while state
     // and list are polled; none of those may fail.
     let bundles: Vec<_> = (0..100)
@@ -258,19 +268,24 @@ fn parallel_calls_leave_consistent_state() {
             polls
         ));
     });
-    let f = failures.into_inner().expect("lock");
+    problems.extend(failures.into_inner().expect("lock"));
     if !rt.is_runvz() {
-        // runc 1.1.5's `list` fails when a container is deleted while it reads the root:
-        // reported, not failed on (the issue asks runvz alone to be immune).
+        // runc 1.1.5 is not safe here (its `list` fails while containers vanish, racing creates
+        // of one ID can all fail): reported, not failed on.
         note(&format!(
-            "concurrency: {} reports {} failures, first: {:?}",
+            "concurrency: {} shows {} problems, first: {:?}",
             rt.name,
-            f.len(),
-            f.first()
+            problems.len(),
+            problems.first()
         ));
         return;
     }
-    assert!(f.is_empty(), "{} failures, first: {:?}", f.len(), f.first());
+    assert!(
+        problems.is_empty(),
+        "{} problems, first: {:?}",
+        problems.len(),
+        problems.first()
+    );
     for b in &bundles {
         assert!(
             rt.state(&b.id).is_err(),
