@@ -96,9 +96,27 @@ pub fn start(store: &Store, id: &str) -> Result<(), ContainerError> {
 }
 
 /// Wait until the init has execve'd the user's program (or died): its close-on-exec end of
-/// the fifo is then gone, and our write end reports POLLERR. So `start` returns, and
-/// poststart hooks run, only once the program really started.
+/// the fifo is then gone, and our write end reports POLLERR. Then wait (at most 50 ms) until
+/// the program has been on a CPU, so `start` returns, and poststart hooks run, once the
+/// program is really running and not merely loaded.
 fn wait_for_exec(fifo: &std::os::fd::OwnedFd, pid: i32, start: u64) {
+    wait_for_execve(fifo, pid, start);
+    let on_cpu = || -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let Some(t0) = on_cpu() else { return };
+    let deadline = Instant::now() + Duration::from_millis(50);
+    while Instant::now() < deadline && on_cpu().is_some_and(|t| t == t0) {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+fn wait_for_execve(fifo: &std::os::fd::OwnedFd, pid: i32, start: u64) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
     let deadline = Instant::now() + Duration::from_secs(10);
