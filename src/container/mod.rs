@@ -74,6 +74,27 @@ fn alive(pid: i32, start: u64) -> bool {
     }
 }
 
+/// Lock a container that must be live (created, running or paused) for a change.
+pub(crate) fn lock_live(
+    store: &Store,
+    id: &str,
+) -> Result<(crate::state::Locked, Container), ContainerError> {
+    let locked = store.lock(id)?;
+    let c = Container {
+        rec: locked.read()?,
+        dir: locked.dir.clone(),
+    };
+    let st = c.status();
+    if matches!(st, Status::Stopped | Status::Creating) {
+        return Err(ContainerError::WrongState {
+            id: id.into(),
+            status: st,
+            what: "container not running".into(),
+        });
+    }
+    Ok((locked, c))
+}
+
 impl Container {
     pub fn load(store: &Store, id: &str) -> Result<Container, ContainerError> {
         let rec = store.read(id)?;

@@ -76,19 +76,7 @@ pub fn set(
     id: &str,
     changes: &[(String, String)],
 ) -> Result<Vec<String>, ContainerError> {
-    let locked = store.lock(id)?;
-    let mut c = Container {
-        rec: locked.read()?,
-        dir: locked.dir.clone(),
-    };
-    let st = c.status();
-    if matches!(st, Status::Stopped | Status::Creating) {
-        return Err(ContainerError::WrongState {
-            id: id.into(),
-            status: st,
-            what: "container not running".into(),
-        });
-    }
+    let (locked, mut c) = super::lock_live(store, id)?;
     let mut patch = Settings::default();
     for (k, v) in changes {
         ub::set_one(&mut patch, k, v)?;
@@ -185,19 +173,7 @@ fn merge_json(base: &mut serde_json::Value, patch: &serde_json::Value) {
 /// `runvz update`: merge `patch` (an OCI `linux.resources` document, as runc's `--resources`
 /// and flags give it) into the container's resources and apply them at once.
 pub fn update(store: &Store, id: &str, patch: &serde_json::Value) -> Result<(), ContainerError> {
-    let locked = store.lock(id)?;
-    let mut c = Container {
-        rec: locked.read()?,
-        dir: locked.dir.clone(),
-    };
-    let st = c.status();
-    if matches!(st, Status::Stopped | Status::Creating) {
-        return Err(ContainerError::WrongState {
-            id: id.into(),
-            status: st,
-            what: "container not running".into(),
-        });
-    }
+    let (locked, mut c) = super::lock_live(store, id)?;
     let mut config = c.rec.config.clone().ok_or_else(|| {
         ContainerError::Config(format!("container {id}: no recorded config to update"))
     })?;

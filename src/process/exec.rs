@@ -8,7 +8,7 @@
 //! the execve is left, and its close-on-exec channel end then closes on a successful exec or
 //! carries the error of a failed one.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult, Pid};
@@ -53,7 +53,6 @@ fn namespaces_to_join(pid: i32) -> Vec<(&'static str, nix::sched::CloneFlags)> {
 /// Start the process; returns its host PID once it has exec'd.
 pub fn spawn(cfg: &ExecConfig, cgroup: Option<&Cgroup>) -> Result<i32, ProcessError> {
     let (parent, child) = channel::pair(3 + cfg.preserve_fds)?;
-    let me = nix::unistd::getpid();
     // Open the namespaces before forking: the init may exit meanwhile, the fds keep them.
     let ns: Vec<(std::fs::File, nix::sched::CloneFlags)> = namespaces_to_join(cfg.init_pid)
         .into_iter()
@@ -63,33 +62,18 @@ pub fn spawn(cfg: &ExecConfig, cgroup: Option<&Cgroup>) -> Result<i32, ProcessEr
                 .map_err(|e| ProcessError::Child(format!("container namespace {n}: {e}")))
         })
         .collect::<Result<_, _>>()?;
-    // SAFETY: runvz is single-threaded here, so the child may run arbitrary code after fork.
-    match unsafe { fork() }.map_err(ProcessError::Fork)? {
-        ForkResult::Child => {
-            drop(parent);
-            let _ = crate::sys::set_parent_death_signal(libc::SIGKILL);
-            if nix::unistd::getppid() != me {
-                // SAFETY: _exit in the forked child.
-                unsafe { libc::_exit(1) }
-            }
-            let code = match intermediate(cfg, &child, ns) {
-                Ok(()) => 0,
-                Err(e) => {
-                    let _ = child.send(&Msg::Error(e.to_string()));
-                    1
-                }
-            };
-            // SAFETY: _exit skips the parent's destructors.
-            unsafe { libc::_exit(code) }
-        }
-        ForkResult::Parent { child: inter } => {
-            drop(child);
-            drop(ns);
-            let res = drive(&parent, inter, cgroup);
-            let _ = waitpid(inter, None);
-            res
-        }
-    }
+    let keep: Vec<RawFd> = cfg
+        .console
+        .into_iter()
+        .chain(ns.iter().map(|(f, _)| f.as_raw_fd()))
+        .collect();
+    let inter = super::fork_helper(&child, 3 + cfg.preserve_fds as u32, &keep, || {
+        intermediate(cfg, &child, ns)
+    })?;
+    drop(child);
+    let res = drive(&parent, inter, cgroup);
+    let _ = waitpid(inter, None);
+    res
 }
 
 fn drive(chan: &Channel, inter: Pid, cgroup: Option<&Cgroup>) -> Result<i32, ProcessError> {

@@ -69,43 +69,16 @@ pub fn spawn(
     on_event: &mut dyn FnMut(Event) -> Result<(), String>,
 ) -> Result<i32, ProcessError> {
     let (parent, child) = channel::pair(3 + cfg.preserve_fds)?;
-    let me = nix::unistd::getpid();
-    // SAFETY: runvz is single-threaded here, so the child may run arbitrary code after fork.
-    match unsafe { fork() }.map_err(ProcessError::Fork)? {
-        ForkResult::Child => {
-            drop(parent);
-            // Keep nothing of the parent's but stdio, the preserved fds and the channel: an
-            // inherited state-dir lock would block `start` for as long as the init lives.
-            let mut keep = vec![child.raw_fd() as u32];
-            keep.extend(cfg.console.map(|c| c as u32));
-            keep.sort_unstable();
-            let mut first = 3 + cfg.preserve_fds as u32;
-            for k in keep {
-                let _ = crate::sys::close_range(first, k.saturating_sub(1));
-                first = k + 1;
-            }
-            let _ = crate::sys::close_range(first, u32::MAX);
-            let _ = crate::sys::set_parent_death_signal(libc::SIGKILL);
-            if nix::unistd::getppid() != me {
-                std::process::exit(1);
-            }
-            let code = match intermediate(cfg, &child) {
-                Ok(()) => 0,
-                Err(e) => {
-                    let _ = child.send(&Msg::Error(e.to_string()));
-                    1
-                }
-            };
-            // SAFETY: _exit skips atexit handlers and destructors that belong to the parent.
-            unsafe { libc::_exit(code) }
-        }
-        ForkResult::Parent { child: inter } => {
-            drop(child);
-            let res = drive(cfg, cgroup, &parent, inter, on_event);
-            let _ = waitpid(inter, None);
-            res
-        }
-    }
+    // The helper keeps stdio, the preserved fds, the channel and the console: an inherited
+    // state-dir lock would block `start` for as long as the init lives.
+    let keep: Vec<RawFd> = cfg.console.into_iter().collect();
+    let inter = super::fork_helper(&child, 3 + cfg.preserve_fds as u32, &keep, || {
+        intermediate(cfg, &child)
+    })?;
+    drop(child);
+    let res = drive(cfg, cgroup, &parent, inter, on_event);
+    let _ = waitpid(inter, None);
+    res
 }
 
 fn drive(
