@@ -87,7 +87,11 @@ fn drive(chan: &Channel, inter: Pid, cgroup: Option<&Cgroup>) -> Result<i32, Pro
     let mut pid = 0;
     loop {
         match chan.recv() {
-            Ok(Msg::InitPid(p)) => pid = p,
+            Ok(Msg::InitPid(p)) => {
+                pid = p;
+                // The process waits for this: its Ready can never overtake its PID.
+                chan.send(&Msg::Go)?;
+            }
             Ok(Msg::Ready) => break,
             Ok(Msg::Error(e)) => return Err(ProcessError::Child(e)),
             Ok(m) => return Err(channel::ChannelError::Unexpected(m).into()),
@@ -125,6 +129,10 @@ fn intermediate(
     // SAFETY: single-threaded; the child only prepares and execs.
     match unsafe { fork() }.map_err(ProcessError::Fork)? {
         ForkResult::Child => {
+            if chan.expect(Msg::Go).is_err() {
+                // SAFETY: _exit in the forked child.
+                unsafe { libc::_exit(1) }
+            }
             let _ = nix::unistd::setsid();
             let opts = user_process::Options {
                 seccomp: cfg.seccomp,

@@ -25,6 +25,11 @@ enum InitError {
 
 /// Entry of the container init. Never returns: execs the user's program or exits.
 pub fn run(cfg: &InitConfig, chan: &Channel, fifo: OwnedFd) -> ! {
+    // Wait until the parent has our PID (the intermediate reports it after forking us).
+    if chan.expect(Msg::Go).is_err() {
+        // SAFETY: _exit in the forked init.
+        unsafe { libc::_exit(1) }
+    }
     match setup(cfg, chan).map(|exec| (fifo, exec)) {
         Ok((fifo, exec)) => wait_and_exec(fifo, exec),
         Err(e) => {

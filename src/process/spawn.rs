@@ -120,6 +120,8 @@ fn drive(
             Ok(Msg::InitPid(p)) => {
                 init_pid = p;
                 on_event(Event::InitPid(p)).map_err(ProcessError::Hook)?;
+                // The init waits for this: nothing it says can overtake its PID.
+                chan.send(&Msg::Go)?;
             }
             Ok(Msg::HooksRuntime) => {
                 on_event(Event::HooksRuntime(init_pid)).map_err(ProcessError::Hook)?;

@@ -178,27 +178,38 @@ fn parallel_calls_leave_consistent_state() {
     // 20 parallel creates of one ID: exactly one wins, the others say it exists.
     let same = t.bundle().args(&["sleep", "1000"]);
     same.save();
-    let results: Vec<_> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..20)
-            .map(|_| s.spawn(|| rt.cmd(&["create", "--bundle", &same.dir_str(), &same.id])))
-            .collect();
-        hs.into_iter().map(|h| h.join().expect("thread")).collect()
-    });
-    let wins = results.iter().filter(|o| o.success()).count();
     let mut problems = vec![];
-    if wins != 1 {
-        problems.push(format!("{wins} of 20 parallel creates of one ID succeeded"));
-    }
-    for o in results.iter().filter(|o| !o.success()) {
-        if !o.stderr.contains("exists") {
-            problems.push(format!(
-                "a losing create did not say the ID exists: {:?}",
-                o.stderr.trim()
-            ));
+    if rt.is_runvz() {
+        let results: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..20)
+                .map(|_| s.spawn(|| rt.cmd(&["create", "--bundle", &same.dir_str(), &same.id])))
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        let wins = results.iter().filter(|o| o.success()).count();
+        if wins != 1 {
+            problems.push(format!("{wins} of 20 parallel creates of one ID succeeded"));
         }
-    }
-    if wins == 1 && rt.status(&same.id) != "created" {
-        problems.push(format!("the winner is {}", rt.status(&same.id)));
+        for o in results.iter().filter(|o| !o.success()) {
+            if !o.stderr.contains("exists") {
+                problems.push(format!(
+                    "a losing create did not say the ID exists: {:?}",
+                    o.stderr.trim()
+                ));
+            }
+        }
+        let winner = rt
+            .state(&same.id)
+            .ok()
+            .and_then(|v| v["status"].as_str().map(String::from));
+        if wins == 1 && winner.as_deref() != Some("created") {
+            problems.push(format!("the winner is {winner:?}"));
+        }
+    } else {
+        // runc 1.1.5 is vulnerable here: racing creates of one ID can delete the winner's state
+        // and orphan its cgroup and init (seen in CI), so only runvz is raced on one ID.
+        note("SKIP concurrency same-ID race for runc: runc 1.1.5 orphans a container when creates of one ID race");
+        t.create(&same);
     }
     // 100 distinct containers through create/start/kill/delete in parallel, while state
     // and list are polled; none of those may fail.
@@ -278,6 +289,13 @@ fn parallel_calls_leave_consistent_state() {
             problems.len(),
             problems.first()
         ));
+        // Remove what runc left (its racing creates can orphan a cgroup and an init).
+        for (id, cg) in std::iter::once((&same.id, &same.cgroup))
+            .chain(bundles.iter().map(|b| (&b.id, &b.cgroup)))
+        {
+            let _ = rt.cmd(&["delete", "--force", id]);
+            reap(id, cg, &rt.root);
+        }
         return;
     }
     assert!(
