@@ -85,16 +85,35 @@ fn run_one(kind: &'static str, h: &Hook, state_json: &str) -> Result<(), HookErr
 }
 
 /// The OCI state document hooks receive on stdin.
-pub fn state_json(spec: &Spec, id: &str, status: &str, pid: i32, bundle: &Path) -> String {
+pub fn state_doc(
+    version: &str,
+    id: &str,
+    status: &str,
+    pid: i32,
+    bundle: &Path,
+    annotations: &std::collections::HashMap<String, String>,
+) -> String {
     serde_json::json!({
-        "ociVersion": spec.version(),
+        "ociVersion": version,
         "id": id,
         "status": status,
         "pid": pid,
         "bundle": bundle,
-        "annotations": spec.annotations().clone().unwrap_or_default(),
+        "annotations": annotations,
     })
     .to_string()
+}
+
+/// `state_doc` for a container being made from `spec`.
+pub fn state_json(spec: &Spec, id: &str, status: &str, pid: i32, bundle: &Path) -> String {
+    state_doc(
+        spec.version(),
+        id,
+        status,
+        pid,
+        bundle,
+        spec.annotations().as_ref().unwrap_or(&Default::default()),
+    )
 }
 
 /// The host PID of the calling process, read through the host's /proc (before pivot_root a

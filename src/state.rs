@@ -180,7 +180,6 @@ impl Store {
     /// so a container is never visible without a record. The lock is held until dropped.
     pub fn claim(&self, id: &str, rec: &Record) -> Result<Locked, StateError> {
         self.ensure_root()?;
-        self.sweep_staging(id);
         let dir = self.root.join(id);
         if dir.exists() {
             return Err(StateError::Exists(id.to_string()));
@@ -221,7 +220,8 @@ impl Store {
     }
 
     /// Remove staging directories of `id` whose creating process is gone (a `create` killed
-    /// inside `claim`). Returns how many were removed.
+    /// inside `claim`). Called by `delete`, not by `create`: it reads the whole root, which a
+    /// create on a host with thousands of containers should not. Returns how many were removed.
     pub fn sweep_staging(&self, id: &str) -> usize {
         let prefix = format!(".{id}.");
         let Ok(rd) = fs::read_dir(&self.root) else {

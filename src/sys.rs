@@ -234,12 +234,3 @@ pub fn set_no_new_privs() -> io::Result<()> {
     }
     Ok(())
 }
-
-/// prctl(PR_SET_DUMPABLE, on).
-pub fn set_dumpable(on: bool) -> io::Result<()> {
-    // SAFETY: a prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, on as libc::c_ulong, 0, 0, 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}

@@ -490,6 +490,16 @@ impl Bundle {
         self
     }
 
+    /// Removes the namespaces of these types from `linux.namespaces` (the container shares
+    /// the runtime's).
+    pub fn without_namespaces(self, types: &[&str]) -> Self {
+        self.edit(|c| {
+            if let Some(ns) = c["linux"]["namespaces"].as_array_mut() {
+                ns.retain(|n| !types.iter().any(|t| n["type"] == *t));
+            }
+        })
+    }
+
     /// Appends a mount.
     pub fn mount(mut self, m: Value) -> Self {
         self.config["mounts"]

@@ -57,7 +57,7 @@ fn abandon(locked: Locked, cgroup: Option<&Cgroup>, pid: i32, rec: &Record) {
 }
 
 pub fn create(store: &Store, id: &str, opts: &CreateOptions) -> Result<Container, ContainerError> {
-    create_with_console(store, id, opts, None)
+    create_with_console(store, id, opts, false).map(|(c, _)| c)
 }
 
 /// Connect to the caller's console socket (as the host's root, before any namespace).
@@ -71,13 +71,14 @@ fn connect_console(path: &Path, id: &str, min_fd: i32) -> Result<OwnedFd, Contai
     crate::process::channel::raise(OwnedFd::from(s), min_fd).map_err(|e| io(e.into()))
 }
 
-/// `create`, where foreground `run` may hand in its own end of a console socketpair.
+/// `create`; with `own_console` (foreground `run`), a terminal process without a console
+/// socket gets a socketpair whose other end is returned, to receive the pty master on.
 pub(super) fn create_with_console(
     store: &Store,
     id: &str,
     opts: &CreateOptions,
-    console: Option<OwnedFd>,
-) -> Result<Container, ContainerError> {
+    own_console: bool,
+) -> Result<(Container, Option<std::os::unix::net::UnixStream>), ContainerError> {
     bundle::validate_id(id).map_err(ContainerError::InvalidId)?;
     let mut b = Bundle::load(opts.bundle)?;
     // io.runvz.* annotations: parsed and mapped onto the spec before anything is made.
@@ -89,7 +90,7 @@ pub(super) fn create_with_console(
         crate::ub::apply::Layout::V1
     };
     let ub_plan = crate::ub::apply::apply(&ub_settings, &mut b.spec, layout, &b.rootfs)?;
-    for w in &ub_plan.warnings {
+    for w in ub_plan.overrides.iter().chain(&ub_plan.warnings) {
         tracing::warn!("{w}");
     }
     let linux = b.spec.linux().as_ref();
@@ -101,10 +102,23 @@ pub(super) fn create_with_console(
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
-    let console = match (console, opts.console_socket) {
-        (Some(c), _) => Some(c),
-        (None, Some(p)) if terminal => Some(connect_console(p, id, 3 + opts.preserve_fds)?),
-        (None, _) if terminal => {
+    let io = |e: std::io::Error| ContainerError::Io {
+        id: id.into(),
+        what: "console socketpair".into(),
+        source: e,
+    };
+    let mut ours = None;
+    let console = match opts.console_socket {
+        Some(p) if terminal => Some(connect_console(p, id, 3 + opts.preserve_fds)?),
+        None if terminal && own_console => {
+            let (a, b) = std::os::unix::net::UnixStream::pair().map_err(io)?;
+            ours = Some(a);
+            Some(
+                crate::process::channel::raise(b.into(), 3 + opts.preserve_fds)
+                    .map_err(|e| io(e.into()))?,
+            )
+        }
+        None if terminal => {
             return Err(ContainerError::Config(
                 "process.terminal is true: pass --console-socket (or use run without --detach)"
                     .into(),
@@ -229,5 +243,5 @@ pub(super) fn create_with_console(
     }
     let dir = locked.dir.clone();
     drop(locked);
-    Ok(Container { rec, dir })
+    Ok((Container { rec, dir }, ours))
 }

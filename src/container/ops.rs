@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::create::{create, create_with_console, CreateOptions};
+use super::create::{create_with_console, CreateOptions};
 use super::{alive, Container, ContainerError};
 use crate::state::{Status, Store};
 use crate::{hooks, sys};
@@ -47,15 +47,14 @@ fn hooks_of(c: &Container, kind: &str) -> Vec<oci_spec::runtime::Hook> {
 }
 
 fn hook_state(c: &Container, status: &str, pid: i32) -> String {
-    serde_json::json!({
-        "ociVersion": c.rec.oci_version,
-        "id": c.rec.id,
-        "status": status,
-        "pid": pid,
-        "bundle": c.rec.bundle,
-        "annotations": c.rec.annotations,
-    })
-    .to_string()
+    hooks::state_doc(
+        &c.rec.oci_version,
+        &c.rec.id,
+        status,
+        pid,
+        &c.rec.bundle,
+        &c.rec.annotations,
+    )
 }
 
 pub fn start(store: &Store, id: &str) -> Result<(), ContainerError> {
@@ -267,14 +266,6 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), ContainerError
     Ok(())
 }
 
-fn terminal_of(bundle: &std::path::Path) -> bool {
-    std::fs::read(bundle.join("config.json"))
-        .ok()
-        .and_then(|d| crate::bundle::parse(&d).ok())
-        .and_then(|s| s.process().as_ref().and_then(|p| p.terminal()))
-        .unwrap_or(false)
-}
-
 pub struct RunOptions<'a> {
     pub create: CreateOptions<'a>,
     pub detach: bool,
@@ -341,31 +332,16 @@ pub fn run(store: &Store, id: &str, opts: &RunOptions) -> Result<i32, ContainerE
         let _ = sys::set_child_subreaper();
     }
     // A terminal with nobody to hand it to: we hold the pty master and proxy our stdio.
-    let want_tty =
-        !opts.detach && opts.create.console_socket.is_none() && terminal_of(opts.create.bundle);
-    let (c, master) = if want_tty {
-        let (ours, theirs) =
-            std::os::unix::net::UnixStream::pair().map_err(|e| ContainerError::Io {
-                id: id.into(),
-                what: "console socketpair".into(),
-                source: e,
-            })?;
-        let theirs = crate::process::channel::raise(theirs.into(), 3 + opts.create.preserve_fds)
-            .map_err(|e| ContainerError::Io {
-                id: id.into(),
-                what: "console socketpair".into(),
-                source: e.into(),
-            })?;
-        let c = create_with_console(store, id, &opts.create, Some(theirs))?;
-        match crate::process::tty::recv_master(ours.as_raw_fd()) {
-            Ok(m) => (c, Some(m)),
-            Err(e) => {
-                let _ = delete(store, id, true);
-                return Err(e.into());
-            }
+    let (c, ours) = create_with_console(store, id, &opts.create, !opts.detach)?;
+    let master = match ours
+        .map(|s| crate::process::tty::recv_master(s.as_raw_fd()))
+        .transpose()
+    {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = delete(store, id, true);
+            return Err(e.into());
         }
-    } else {
-        (create(store, id, &opts.create)?, None)
     };
     if let Err(e) = start(store, id) {
         let _ = delete(store, id, true);

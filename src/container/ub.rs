@@ -97,12 +97,7 @@ pub fn set(
         apply::Layout::V1
     };
     let plan = apply::apply(&merged, &mut spec, layout, &c.rec.rootfs)?;
-    // The recorded spec already carries the previous settings: "overrides" is expected here.
-    let mut warnings: Vec<String> = plan
-        .warnings
-        .into_iter()
-        .filter(|w| !w.contains(" override"))
-        .collect();
+    let mut warnings = plan.warnings;
     let cg = c
         .cgroup()
         .ok_or_else(|| ContainerError::Config(format!("container {id}: it has no cgroup")))?;

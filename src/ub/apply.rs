@@ -24,6 +24,9 @@ pub struct Plan {
     pub cgroup_files: Vec<(String, String, String)>,
     /// The I/O weight of `ioprio`, for `write_io_weight`.
     pub io_weight: Option<u16>,
+    /// Settings of config.json an annotation replaced (logged at create; expected at `set`,
+    /// which maps onto a spec that already carries the previous values).
+    pub overrides: Vec<String>,
 }
 
 /// Write the ioprio weight into whichever weight file the container's cgroup has
@@ -93,7 +96,7 @@ fn set_rlimit(
     };
     let mut list = p.rlimits().clone().unwrap_or_default();
     if list.iter().any(|r| r.typ() == typ) {
-        plan.warnings
+        plan.overrides
             .push(format!("{key} overrides process.rlimits {typ}"));
         list.retain(|r| r.typ() != typ);
     }
@@ -138,7 +141,7 @@ pub fn apply(
     // numproc: pids.max = L
     if let Some(l) = st.ub.get(&Param::Numproc) {
         if res.pids().is_some() {
-            plan.warnings.push(format!(
+            plan.overrides.push(format!(
                 "{} overrides linux.resources.pids.limit",
                 key(Param::Numproc)
             ));
@@ -166,7 +169,7 @@ pub fn apply(
         let phys = st.get(Param::Physpages);
         if st.ub.contains_key(&Param::Physpages) {
             if mem.limit().is_some() {
-                plan.warnings.push(format!(
+                plan.overrides.push(format!(
                     "{} overrides linux.resources.memory.limit",
                     key(Param::Physpages)
                 ));
@@ -238,7 +241,7 @@ pub fn apply(
         let mut cpu: LinuxCpu = res.cpu().clone().unwrap_or_default();
         if let Some(u) = st.cpuunits {
             if cpu.shares().is_some() {
-                plan.warnings
+                plan.overrides
                     .push("io.runvz.cpuunits overrides linux.resources.cpu.shares".into());
             }
             match layout {
@@ -257,7 +260,7 @@ pub fn apply(
         }
         if let Some(q) = st.cpu_quota() {
             if cpu.quota().is_some() {
-                plan.warnings
+                plan.overrides
                     .push("io.runvz.cpulimit/cpus override linux.resources.cpu.quota".into());
             }
             cpu.set_quota(Some(q as i64));
@@ -481,7 +484,7 @@ mod tests {
             .unwrap();
         assert_eq!((memlock.soft(), memlock.hard()), (16 * 4096, 32 * 4096));
         assert!(plan
-            .warnings
+            .overrides
             .iter()
             .any(|w| w.contains("overrides process.rlimits")));
         let devpts = spec

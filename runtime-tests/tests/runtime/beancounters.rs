@@ -320,10 +320,7 @@ fn bad_annotations_are_refused_and_nothing_is_left() {
     }
     // shmpages needs the container's own IPC namespace.
     let b = with_annotations(t.bundle(), json!({"io.runvz.ub.shmpages": "256"}))
-        .edit(|c| {
-            let ns = c["linux"]["namespaces"].as_array_mut().expect("namespaces");
-            ns.retain(|n| n["type"] != "ipc");
-        })
+        .without_namespaces(&["ipc"])
         .args(&["true"]);
     t.create_raw(&b, &b.id, &[])
         .fails()

@@ -314,12 +314,7 @@ fn relative_cwd() {
 #[test]
 fn hostname_without_uts_namespace() {
     let t = setup!("hostname-no-uts");
-    let b = t.bundle().edit(|c| {
-        c["linux"]["namespaces"]
-            .as_array_mut()
-            .expect("namespaces")
-            .retain(|n| n["type"] != "uts");
-    });
+    let b = t.bundle().without_namespaces(&["uts"]);
     refuse_create(&t, b);
 }
 
@@ -329,12 +324,7 @@ fn sysctl_not_allowed() {
     // A network sysctl without a network namespace would change the host.
     let b = t
         .bundle()
-        .edit(|c| {
-            c["linux"]["namespaces"]
-                .as_array_mut()
-                .expect("namespaces")
-                .retain(|n| n["type"] != "network");
-        })
+        .without_namespaces(&["network"])
         .set("/linux/sysctl", json!({"net.ipv4.ip_forward": "1"}));
     let before = fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
     refuse_create(&t, b);

@@ -135,12 +135,7 @@ fn missing_namespace_means_host_namespace() {
     let t = setup!("ns-host-net");
     let b = t
         .bundle()
-        .edit(|c| {
-            c["linux"]["namespaces"]
-                .as_array_mut()
-                .expect("namespaces")
-                .retain(|n| n["type"] != "network" && n["type"] != "uts");
-        })
+        .without_namespaces(&["network", "uts"])
         .remove("/hostname")
         .args(&["sleep", "1000"]);
     t.create(&b);
