@@ -100,6 +100,9 @@ pub struct Record {
     /// The OpenVZ settings in force (from the io.runvz.* annotations, changed by `set`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ub: Option<serde_json::Value>,
+    /// The disk quota setup (`disk::Made`), recorded before each part of it is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<serde_json::Value>,
 }
 
 /// The runtime root directory (`--root`).
@@ -409,6 +412,7 @@ mod tests {
             creator_start: 0,
             config: None,
             ub: None,
+            disk: None,
         };
         let l = store.claim("c1", &rec).unwrap();
         assert_eq!(store.read("c1").unwrap().id, "c1");

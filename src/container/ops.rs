@@ -255,6 +255,10 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), ContainerError
             source: std::io::Error::from_raw_os_error(libc::EBUSY),
         })?;
     }
+    if let Some(d) = crate::disk::Made::from_record(c.rec.disk.as_ref()) {
+        // A create that never finished leaves nothing, not even the image it made.
+        crate::disk::teardown(&d, c.rec.status == Status::Creating)?;
+    }
     let post = hooks_of(&c, "poststop");
     if !post.is_empty() {
         let stj = hook_state(&c, "stopped", 0);
