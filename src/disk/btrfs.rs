@@ -145,8 +145,15 @@ pub fn enable_quota(p: &Path) -> io::Result<()> {
 }
 
 /// Set (Some) or clear (None) the referenced-bytes limit of subvolume `id` under `p`.
+/// The ioctl's transaction is charged to the subvolume it is called on, so it is called on the
+/// parent directory when that is on the same filesystem: on a subvolume over its limit the
+/// change (even one raising the limit) would fail with EDQUOT.
 pub fn set_limit(p: &Path, id: u64, bytes: Option<u64>) -> io::Result<()> {
-    let fd = open_dir(p)?;
+    let on = match p.parent() {
+        Some(parent) if sysfs_dir(parent).ok() == sysfs_dir(p).ok() => parent,
+        _ => p,
+    };
+    let fd = open_dir(on)?;
     let a = QgroupLimit {
         qgroupid: id,
         flags: LIMIT_MAX_RFER,

@@ -3,7 +3,7 @@
 //!
 //! The hard limit is not the image's size. ext4's online resize needs CAP_SYS_RESOURCE, which
 //! root lacks on hosts like this one, so the filesystem is made with headroom (a sparse file of
-//! twice the hard size, at least 1 GiB more) and the hard limit is held by the filesystem's
+//! twice the hard size, at least 512 MiB more) and the hard limit is held by the filesystem's
 //! reserved clusters (`/sys/fs/ext4/<dev>/reserved_clusters`): blocks that no writer may take,
 //! root and CAP_SYS_RESOURCE included. Raising the limit lowers the reserve, at once and with
 //! no tool; past the headroom runvz grows the file and resizes online where it may.
@@ -18,13 +18,14 @@ use super::DiskError;
 
 /// ext4 block size runvz makes images with.
 pub const BLOCK: u64 = 4096;
-const GIB: u64 = 1 << 30;
+/// The least headroom above the hard limit (for live grow without a resize).
+const HEADROOM: u64 = 512 << 20;
 
 /// The apparent size of a new image for a hard limit of `hard_kb` KiB.
 pub fn ceiling_bytes(hard_kb: u64) -> u64 {
     let hard = hard_kb.saturating_mul(1024);
     (hard.saturating_mul(2))
-        .max(hard.saturating_add(GIB))
+        .max(hard.saturating_add(HEADROOM))
         .div_ceil(BLOCK)
         * BLOCK
 }
@@ -208,8 +209,8 @@ mod tests {
 
     #[test]
     fn ceiling_has_headroom() {
-        assert_eq!(ceiling_bytes(64 * 1024), (64 << 20) + GIB);
-        assert_eq!(ceiling_bytes(4 << 20), 8 * GIB);
+        assert_eq!(ceiling_bytes(64 * 1024), (64 << 20) + HEADROOM);
+        assert_eq!(ceiling_bytes(4 << 20), 8 << 30);
         assert_eq!(ceiling_bytes(1) % BLOCK, 0);
         assert_eq!(inode_count(1 << 20, None), 65536);
         assert_eq!(inode_count(1 << 20, Some(1000)), 1000);

@@ -8,6 +8,7 @@ mod beancounters;
 mod cgroups;
 mod commands;
 mod crash;
+mod disk;
 mod exec;
 mod malformed;
 mod mounts;
