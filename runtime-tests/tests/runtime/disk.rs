@@ -35,6 +35,14 @@ fn up(t: &Ctx, b: &Bundle) {
     t.start(&b.id);
 }
 
+/// `delete --force` each container, then check that no loop device of the test remains.
+fn down(t: &Ctx, ids: &[&str]) {
+    for id in ids {
+        t.rt.cmd(&["delete", "--force", id]).ok();
+    }
+    assert_eq!(no_loops_under(t.scratch()), Vec::<String>::new());
+}
+
 /// `exec ID sh -c SCRIPT`, not asserted.
 fn sh(t: &Ctx, id: &str, script: &str) -> runtime_tests::CmdOutput {
     t.rt.cmd(&["exec", id, "sh", "-c", script])
@@ -164,8 +172,7 @@ fn image_write_past_hard_fails_and_usage_is_exact() {
         allocated >> 10,
         host_free.saturating_sub(free_bytes(t.scratch())) >> 10
     ));
-    t.rt.cmd(&["delete", "--force", &b.id]).ok();
-    assert_eq!(no_loops_under(t.scratch()), Vec::<String>::new());
+    down(&t, &[&b.id]);
     // Not ephemeral: the image stays with the bundle.
     assert!(b.dir.join("runvz-disk.img").exists());
 }
@@ -228,8 +235,7 @@ fn image_data_survives_delete_and_is_not_shared_while_in_use() {
     assert!(!o.success(), "a second container got the image in use");
     assert!(o.stderr.contains("in use"), "{}", o.stderr);
     assert!(!t.rt.root.join(&b3.id).exists());
-    t.rt.cmd(&["delete", "--force", &b2.id]).ok();
-    assert_eq!(no_loops_under(t.scratch()), Vec::<String>::new());
+    down(&t, &[&b2.id]);
 }
 
 fn sha(p: &Path) -> String {
@@ -268,9 +274,7 @@ fn two_containers_over_one_template_see_their_own_changes() {
     }
     assert!(!template.join("mine").exists(), "the template was written");
     assert_eq!(sha(&template.join("etc/passwd")), passwd);
-    t.rt.cmd(&["delete", "--force", &b1.id]).ok();
-    t.rt.cmd(&["delete", "--force", &b2.id]).ok();
-    assert_eq!(no_loops_under(t.scratch()), Vec::<String>::new());
+    down(&t, &[&b1.id, &b2.id]);
 }
 
 #[test]
@@ -304,8 +308,7 @@ fn live_grow_raises_the_hard_limit_of_a_running_container() {
     t.rt.cmd(&["set", &b.id, "--diskinodes", "100"])
         .fails()
         .stderr_has("inode count is fixed");
-    t.rt.cmd(&["delete", "--force", &b.id]).ok();
-    assert_eq!(no_loops_under(t.scratch()), Vec::<String>::new());
+    down(&t, &[&b.id]);
 }
 
 #[test]
