@@ -437,7 +437,11 @@ fn teardown_image(made: &Made, failed_create: bool) -> Result<(), DiskError> {
     if let Some(tmp) = &made.image_tmp {
         let _ = std::fs::remove_file(tmp);
     }
-    if made.ephemeral || (failed_create && made.fresh) {
+    // The image is this container's only when it attached it or made it (a create refused
+    // because another container uses the image must not remove it, ephemeral or not).
+    let made_it = made.fresh && made.image_tmp.is_none();
+    let ours = made.loop_dev.is_some() || made_it;
+    if ours && (made.ephemeral || (failed_create && made_it)) {
         match std::fs::remove_file(&made.path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(io_err(format!("removing {}", made.path.display()))(e))

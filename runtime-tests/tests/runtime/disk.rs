@@ -229,12 +229,17 @@ fn image_data_survives_delete_and_is_not_shared_while_in_use() {
     up(&t, &b2);
     let o = sh(&t, &b2.id, "cat /data").ok();
     assert_eq!(o.stdout.trim(), "kept-42");
-    // A second container on the image while it is in use is refused, and leaves nothing.
-    let b3 = disk_bundle(&t, ann);
+    // A second container on the image while it is in use is refused, and leaves nothing
+    // (even when it asks for an ephemeral image, the image in use stays).
+    let mut ann3 = ann;
+    ann3["io.runvz.disk.ephemeral"] = json!("true");
+    let b3 = disk_bundle(&t, ann3);
     let o = t.create_raw(&b3, &b3.id, &[]);
     assert!(!o.success(), "a second container got the image in use");
     assert!(o.stderr.contains("in use"), "{}", o.stderr);
     assert!(!t.rt.root.join(&b3.id).exists());
+    assert!(img.exists(), "a refused create removed the image in use");
+    assert_eq!(sh(&t, &b2.id, "cat /data").ok().stdout.trim(), "kept-42");
     down(&t, &[&b2.id]);
 }
 
