@@ -162,6 +162,7 @@ impl Plan {
             fresh,
             ephemeral: self.ephemeral,
             loop_dev: None,
+            image_id: None,
             subvol: None,
         })
     }
@@ -245,6 +246,9 @@ pub struct Made {
     pub ephemeral: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loop_dev: Option<String>,
+    /// Device and inode of the image this create made (to tell it from one made by another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<(u64, u64)>,
     /// The btrfs subvolume id whose qgroup holds the limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subvol: Option<u64>,
@@ -258,6 +262,12 @@ impl Made {
     pub fn to_record(&self) -> Option<serde_json::Value> {
         serde_json::to_value(self).ok()
     }
+}
+
+/// (device, inode) of the file at `p`.
+fn file_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> DiskError {
@@ -309,12 +319,17 @@ fn setup_image(
             image::ceiling_bytes(plan.space.limit),
             image::inode_count(plan.space.limit, plan.inodes.map(|l| l.limit)),
         )?;
+        // Record which file is ours before it takes the image's name: a teardown after a
+        // crash at any later point recognises it by device and inode.
+        made.image_id = file_id(&tmp);
+        rec(made)?;
         match crate::sys::rename_noreplace(&tmp, image) {
             Ok(()) => {}
             // Another create made it meanwhile: use that one (the in-use check follows).
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let _ = std::fs::remove_file(&tmp);
                 made.fresh = false;
+                made.image_id = None;
             }
             Err(e) => return Err(io_err(format!("renaming {}", tmp.display()))(e)),
         }
@@ -439,7 +454,7 @@ fn teardown_image(made: &Made, failed_create: bool) -> Result<(), DiskError> {
     }
     // The image is this container's only when it attached it or made it (a create refused
     // because another container uses the image must not remove it, ephemeral or not).
-    let made_it = made.fresh && made.image_tmp.is_none();
+    let made_it = made.image_id.is_some() && file_id(&made.path) == made.image_id;
     let ours = made.loop_dev.is_some() || made_it;
     if ours && (made.ephemeral || (failed_create && made_it)) {
         match std::fs::remove_file(&made.path) {
@@ -533,5 +548,60 @@ pub fn resize(made: &Made, space: Option<Limit>, inodes: Option<Limit>) -> Resul
                 other => other,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(kv: &[(&str, &str)]) -> ub::Disk {
+        let mut st = ub::Settings::default();
+        for (k, v) in kv {
+            ub::set_one(&mut st, k, v).unwrap();
+        }
+        st.disk
+    }
+
+    fn err(d: &ub::Disk) -> String {
+        let dir = std::env::temp_dir();
+        Plan::new(d, &dir, &dir).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn plans_are_checked_before_anything_is_made() {
+        let dir = std::env::temp_dir();
+        assert!(Plan::new(&ub::Disk::default(), &dir, &dir)
+            .unwrap()
+            .is_none());
+        assert!(err(&disk(&[("diskinodes", "10")])).contains(SPACE));
+        assert!(err(&disk(&[("diskspace", "unlimited")])).contains("not unlimited"));
+        assert!(err(&disk(&[("diskspace", "512")])).contains("below the minimum"));
+        let e = err(&disk(&[("diskspace", "1G"), ("disk.backend", "btrfs")]));
+        assert!(
+            e.contains(BACKEND) && e.contains("not a btrfs subvolume"),
+            "{e}"
+        );
+        let e = err(&disk(&[
+            ("diskspace", "1G"),
+            ("disk.image", "no/such/dir/x.img"),
+        ]));
+        assert!(e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn image_path_defaults_into_the_bundle_and_intent_is_absolute() {
+        let dir = std::env::temp_dir();
+        let d = disk(&[("diskspace", "1G:2G"), ("disk.image", "c1.img")]);
+        let Ok(Some(p)) = Plan::new(&d, &dir, &dir) else {
+            return; // a host without ext4/overlay/loop: covered by the error above
+        };
+        assert_eq!(p.backend, Backend::Image);
+        assert_eq!(p.path, dir.join("c1.img"));
+        assert_eq!(p.space.limit, 2 << 20);
+        let m = p.intent(Path::new("rel/disk")).unwrap();
+        assert!(m.dir.is_absolute() && m.fresh && m.image_tmp.is_some());
+        let back = Made::from_record(m.to_record().as_ref()).unwrap();
+        assert_eq!(back, m);
     }
 }

@@ -477,7 +477,7 @@ fn btrfs_qgroup_holds_a_subvolume_to_hard() {
 fn sigkill_during_disk_setup_then_delete_force_leaves_nothing() {
     let t = setup!("disk-crash");
     runvz_only!(t, "disk-crash");
-    const POINTS: u32 = 12;
+    const POINTS: u32 = 20;
     let ann = json!({"io.runvz.diskspace": "32M", "io.runvz.disk.ephemeral": "true"});
     // How long a create with a new image takes here.
     let cal = disk_bundle(&t, ann.clone());
