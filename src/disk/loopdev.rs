@@ -1,6 +1,6 @@
 //! Loop devices through their ioctls (no losetup): a free device from `/dev/loop-control`,
 //! the image attached with `LOOP_CONFIGURE` (or `LOOP_SET_FD` + `LOOP_SET_STATUS64` on kernels
-//! without it) and `LO_FLAGS_AUTOCLEAR`, so the device frees itself when its last user — the
+//! without it) with direct I/O and `LO_FLAGS_AUTOCLEAR`, so the device frees itself when its last user — the
 //! mounted filesystem, or this process if it dies before mounting — lets go.
 
 use std::io;
@@ -16,6 +16,9 @@ const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
+/// Direct I/O to the backing file: no second copy of the data in the host's page cache (the
+/// kernel falls back to buffered I/O where the file's filesystem cannot do it).
+const LO_FLAGS_DIRECT_IO: u32 = 16;
 
 /// `struct loop_info64` (linux/loop.h).
 #[repr(C)]
@@ -47,7 +50,7 @@ struct LoopConfig {
 fn info_for(image: &Path) -> LoopInfo64 {
     // SAFETY: LoopInfo64 is plain old data; all-zero is its "nothing set" value.
     let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
-    info.flags = LO_FLAGS_AUTOCLEAR;
+    info.flags = LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO;
     let name = image.as_os_str().as_encoded_bytes();
     let n = name.len().min(63);
     info.file_name[..n].copy_from_slice(&name[..n]);
