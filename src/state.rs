@@ -100,6 +100,10 @@ pub struct Record {
     /// The OpenVZ settings in force (from the io.runvz.* annotations, changed by `set`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ub: Option<serde_json::Value>,
+    /// Host network links the runtime makes for this container (recorded before they are
+    /// made; `delete` removes them, and with them their peers, routes and qdiscs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net_links: Vec<String>,
 }
 
 /// The runtime root directory (`--root`).
@@ -409,6 +413,7 @@ mod tests {
             creator_start: 0,
             config: None,
             ub: None,
+            net_links: Vec::new(),
         };
         let l = store.claim("c1", &rec).unwrap();
         assert_eq!(store.read("c1").unwrap().id, "c1");

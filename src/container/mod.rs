@@ -37,6 +37,8 @@ pub enum ContainerError {
     Seccomp(#[from] crate::seccomp::SeccompError),
     #[error(transparent)]
     Ub(#[from] crate::ub::UbError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     #[error("{0}")]
     InvalidId(String),
     #[error("{0}")]

@@ -248,6 +248,9 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), ContainerError
             source: std::io::Error::from_raw_os_error(libc::EBUSY),
         });
     }
+    // The init is gone, and with its namespace the container ends of the veth pairs: remove
+    // the host ends that remain (and their routes and qdiscs).
+    crate::net::teardown(id, &c.rec.net_links)?;
     if c.rec.host_mounts {
         crate::rootfs::unmount_under(&c.rec.rootfs).map_err(|e| ContainerError::Io {
             id: id.into(),

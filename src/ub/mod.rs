@@ -366,18 +366,8 @@ pub fn set_one(st: &mut Settings, key: &str, value: &str) -> Result<(), UbError>
                 what: "per-container disk quota",
             })
         }
-        "net.venet" | "net.veth" | "net.rate" => {
-            return Err(UbError::NotYet {
-                key: full,
-                what: "runtime networking",
-            })
-        }
-        k if k.starts_with("net.veth.") => {
-            return Err(UbError::NotYet {
-                key: full,
-                what: "runtime networking",
-            })
-        }
+        // Networking is parsed and checked by `net`.
+        k if k.starts_with("net.") => {}
         _ => {
             return Err(bad(
                 &full,

@@ -112,7 +112,6 @@ fn errors_name_the_key() {
         ("io.runvz.ub.physpages", "99999999999T", "too large"),
         ("io.runvz.ub.physpages", "", "empty"),
         ("io.runvz.diskspace", "1G", "not implemented yet"),
-        ("io.runvz.net.venet", "10.0.0.1", "not implemented yet"),
     ];
     for (k, v, want) in cases {
         let e = from_annotations(&ann(&[(k, v)])).unwrap_err().to_string();
