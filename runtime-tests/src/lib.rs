@@ -167,6 +167,9 @@ pub struct Runtime {
     /// Where command output files go.
     pub scratch: PathBuf,
     pub timeout: Duration,
+    /// Run the runtime inside this network namespace (a path such as `/run/netns/NAME`,
+    /// entered with `nsenter --net`: only the network namespace changes).
+    pub netns: Option<PathBuf>,
 }
 
 impl Runtime {
@@ -215,6 +218,7 @@ impl Runtime {
             name,
             scratch: scratch.to_path_buf(),
             timeout: Duration::from_secs(timeout),
+            netns: None,
         })
     }
 
@@ -249,7 +253,14 @@ impl Runtime {
             .unwrap_or_else(|e| panic!("create {}: {e}", out_path.display()));
         let err = fs::File::create(&err_path)
             .unwrap_or_else(|e| panic!("create {}: {e}", err_path.display()));
-        let mut c = Command::new(&self.bin);
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         c.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))

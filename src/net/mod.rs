@@ -40,7 +40,7 @@ pub enum NetError {
     Netlink { what: String, source: io::Error },
 }
 
-fn bad(key: &str, problem: impl Into<String>) -> NetError {
+pub(crate) fn bad(key: &str, problem: impl Into<String>) -> NetError {
     NetError::Bad {
         key: key.to_string(),
         problem: problem.into(),

@@ -22,10 +22,13 @@ pub fn host_name(id: &str) -> String {
 /// Fail when a host route to `ip` exists already (another container, or the host's own).
 pub fn check_free(host: &mut Socket, ip: &IpAddr) -> Result<(), NetError> {
     if let Some(oif) = host.host_route(ip).map_err(nl("reading host routes"))? {
-        return Err(NetError::Conflict(format!(
-            "address {ip} is in use: the host already routes it to {}",
-            netlink::index_name(oif)
-        )));
+        return Err(super::bad(
+            super::VENET,
+            format!(
+                "address {ip} is in use: the host already routes it to {}",
+                netlink::index_name(oif)
+            ),
+        ));
     }
     Ok(())
 }
@@ -67,9 +70,10 @@ pub fn setup(
         host.add_route(ip, full, hidx, None, RT_SCOPE_LINK)
             .map_err(|e| {
                 if e.raw_os_error() == Some(libc::EEXIST) {
-                    NetError::Conflict(format!(
-                        "address {ip} is in use: the host already routes it elsewhere"
-                    ))
+                    super::bad(
+                        super::VENET,
+                        format!("address {ip} is in use: the host already routes it elsewhere"),
+                    )
                 } else {
                     nl(format!("host route {ip} dev {hname}"))(e)
                 }

@@ -20,9 +20,14 @@ pub fn bridge_index(host: &mut Socket, name: &str) -> Result<u32, NetError> {
     let link = host
         .link(name)
         .map_err(nl(format!("looking up bridge {name}")))?
-        .ok_or_else(|| NetError::Conflict(format!("bridge {name} does not exist on the host")))?;
+        .ok_or_else(|| {
+            super::bad(
+                super::VETH,
+                format!("bridge {name} does not exist on the host"),
+            )
+        })?;
     if link.kind.as_deref() != Some("bridge") {
-        return Err(NetError::Conflict(format!("{name} is not a bridge")));
+        return Err(super::bad(super::VETH, format!("{name} is not a bridge")));
     }
     Ok(link.index)
 }

@@ -12,4 +12,5 @@ mod exec;
 mod malformed;
 mod mounts;
 mod namespaces;
+mod net;
 mod process;
