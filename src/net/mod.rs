@@ -200,6 +200,14 @@ fn parse_veth(key: &str, s: &str) -> Result<Vec<Veth>, NetError> {
     Ok(out)
 }
 
+/// Whether `a` and `b` share their first `prefix` bits (same family).
+fn same_subnet(a: &IpAddr, b: &IpAddr, prefix: u8) -> bool {
+    let (x, y) = (netlink::ip_bytes(a), netlink::ip_bytes(b));
+    let full = usize::from(prefix / 8);
+    let rest = prefix % 8;
+    x[..full] == y[..full] && (rest == 0 || (x[full] ^ y[full]) >> (8 - rest) == 0)
+}
+
 /// `CIDR[,gw=IP]`.
 fn parse_veth_ip(key: &str, s: &str) -> Result<((IpAddr, u8), Option<IpAddr>), NetError> {
     let mut parts = s.split(',').map(str::trim);
@@ -225,6 +233,9 @@ fn parse_veth_ip(key: &str, s: &str) -> Result<((IpAddr, u8), Option<IpAddr>), N
                 key,
                 format!("gateway {g} is not of the address's family"),
             ));
+        }
+        if !same_subnet(&ip, &g, prefix) {
+            return Err(bad(key, format!("gateway {g} is not in {ip}/{prefix}")));
         }
         gw = Some(g);
     }
@@ -331,9 +342,12 @@ impl Plan {
                 .map_err(nl(format!("looking up {name}")))?
                 .is_some()
             {
-                return Err(NetError::Conflict(format!(
-                    "host interface {name} already exists"
-                )));
+                let key = if self.venet.is_empty() || name != venet::host_name(id) {
+                    VETH
+                } else {
+                    VENET
+                };
+                return Err(bad(key, format!("host interface {name} already exists")));
             }
         }
         for v in &self.veths {

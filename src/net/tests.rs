@@ -72,6 +72,15 @@ fn veth_syntax() {
         ("io.runvz.net.veth.eth0.ip", "10.0.0.2/24,gw=fd00::1")
     ])
     .contains("family"));
+    let ip = |v: &str| plan(&[(VETH, "eth0"), ("io.runvz.net.veth.eth0.ip", v)]);
+    assert!(ip("10.0.0.2/24,gw=10.0.1.1")
+        .unwrap_err()
+        .to_string()
+        .contains("not in 10.0.0.2/24"));
+    assert!(ip("10.0.0.130/25,gw=10.0.0.129").is_ok());
+    assert!(ip("10.0.0.130/25,gw=10.0.0.1").is_err());
+    assert!(ip("fd00::2/64,gw=fd00::1").is_ok());
+    assert!(ip("fd00::2/64,gw=fd00:1::1").is_err());
 }
 
 #[test]
