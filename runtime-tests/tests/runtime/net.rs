@@ -448,7 +448,8 @@ fn fifty_containers_created_and_deleted_leave_nothing() {
                    "io.runvz.net.rate": "10000"})
         } else {
             json!({"io.runvz.net.veth": "eth0;eth1",
-                   "io.runvz.net.veth.eth0.ip": format!("{}/24", h.addr4(2 + i))})
+                   "io.runvz.net.veth.eth0.ip": format!("{}/24", h.addr4(2 + i)),
+                   "io.runvz.net.rate": "20000"})
         };
         let b =
             h.t.bundle()
@@ -526,5 +527,31 @@ fn sigkill_during_network_setup_then_delete_force_leaves_nothing() {
     runtime_tests::note(&format!(
         "net-crash: {made_links} of {points} kills left host links for delete to remove"
     ));
+    h.assert_clean();
+}
+
+#[test]
+fn network_exists_before_create_runtime_hooks_and_rate_is_set_inside() {
+    let t = setup!("net-hooks-rate");
+    let Some(h) = Host::new(t, 8) else { return };
+    // The hook runs in the runtime's (the test host's) namespace: the host route must be there.
+    let check = format!("ip route | grep -q '^{} dev vz'", h.addr4(2));
+    let b =
+        h.t.bundle()
+            .args(&["sleep", "1000"])
+            .set(
+                "/annotations",
+                json!({"io.runvz.net.venet": h.addr4(2), "io.runvz.net.rate": "8000"}),
+            )
+            .set(
+                "/hooks/createRuntime",
+                json!([{"path": "/bin/sh", "args": ["sh", "-c", check]}]),
+            );
+    let pid = h.up(&b);
+    let (_, q) = in_ct(pid, "tc qdisc show dev venet0");
+    assert!(
+        q.contains("tbf") && q.contains("rate 8Mbit"),
+        "no 8 Mbit/s TBF inside: {q}"
+    );
     h.assert_clean();
 }
