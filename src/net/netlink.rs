@@ -46,6 +46,7 @@ pub const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTA_TABLE: u16 = 15;
 const RT_TABLE_MAIN: u8 = 254;
+const RT_TABLE_LOCAL: u8 = 255;
 const RTPROT_STATIC: u8 = 4;
 pub const RT_SCOPE_UNIVERSE: u8 = 0;
 pub const RT_SCOPE_LINK: u8 = 253;
@@ -403,7 +404,8 @@ impl Socket {
         self.request(&mut m).map(drop)
     }
 
-    /// The output link of a main-table route to exactly `ip` (/32 or /128), if there is one.
+    /// The output link of a route to exactly `ip` (/32 or /128) in the main table, or of the
+    /// local-table entry when `ip` is one of the host's own addresses, if there is one.
     pub fn host_route(&mut self, ip: &IpAddr) -> io::Result<Option<u32>> {
         let full = if ip.is_ipv4() { 32 } else { 128 };
         let fixed = [family(ip), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -426,7 +428,8 @@ impl Socket {
                     _ => {}
                 }
             }
-            if table == RT_TABLE_MAIN as u32 && dst.as_deref() == Some(&want[..]) {
+            let wanted = table == RT_TABLE_MAIN as u32 || table == RT_TABLE_LOCAL as u32;
+            if wanted && dst.as_deref() == Some(&want[..]) {
                 return Ok(Some(oif.unwrap_or(0)));
             }
         }
@@ -462,4 +465,41 @@ pub fn attr_bytes(ty: u16, data: &[u8]) -> Vec<u8> {
     v.extend_from_slice(data);
     v.resize(align4(v.len()), 0);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_attributes_round_trip() {
+        let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE, &ifinfomsg(7, IFF_UP, IFF_UP));
+        m.attr_str(IFLA_IFNAME, "vzx")
+            .begin(IFLA_LINKINFO)
+            .attr_str(IFLA_INFO_KIND, "veth")
+            .begin(IFLA_INFO_DATA)
+            .attr_u32(9, 42)
+            .end()
+            .end();
+        // header (16) + ifinfomsg (16), then the attributes.
+        let top = attrs(&m.buf[32..]);
+        assert_eq!(top.len(), 2);
+        assert_eq!(
+            (top[0].0, attr_text(top[0].1).as_str()),
+            (IFLA_IFNAME, "vzx")
+        );
+        assert_eq!(top[1].0, IFLA_LINKINFO);
+        let info = attrs(top[1].1);
+        assert_eq!(attr_text(info[0].1), "veth");
+        let data = attrs(info[1].1);
+        assert_eq!(data, vec![(9, &42u32.to_ne_bytes()[..])]);
+        assert_eq!(m.buf.len() % 4, 0);
+    }
+
+    #[test]
+    fn attrs_stop_at_garbage() {
+        assert!(attrs(&[1, 0, 0]).is_empty());
+        assert!(attrs(&[200, 0, 1, 0, 0, 0]).is_empty());
+        assert_eq!(attr_bytes(3, b"ab").len(), 8);
+    }
 }

@@ -401,6 +401,18 @@ fn net_errors_are_one_line_and_leave_nothing() {
             "in use",
         ),
         (
+            json!({"io.runvz.net.venet": h.addr6(1)}),
+            true,
+            "io.runvz.net.venet",
+            "in use",
+        ),
+        (
+            json!({"io.runvz.net.veth": "eth0,,rvzdup5;eth1,,rvzdup5"}),
+            true,
+            "io.runvz.net.veth",
+            "given twice",
+        ),
+        (
             json!({"io.runvz.net.veth": "eth0,,,,rvznobr5"}),
             true,
             "io.runvz.net.veth",
