@@ -1,5 +1,8 @@
 //! The container's cgroup, through `libcgroups` (v1, hybrid and v2): where it lives, putting
-//! processes in it, applying `linux.resources`, signalling and removing it.
+//! processes in it, applying `linux.resources`, signalling and removing it; its usage and OOM
+//! notifications (`stats`).
+
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

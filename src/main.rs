@@ -179,6 +179,22 @@ fn run(cli: Cli) -> Result<i32> {
                 ps_table(&pids, &ps_args)?;
             }
         }
+        Cmd::Events {
+            stats,
+            interval,
+            id,
+        } => {
+            if stats {
+                let s = container::Event::Stats(Box::new(container::stats(&store, &id)?));
+                println!("{}", s.to_json(&id));
+            } else {
+                container::events(&store, &id, interval, |e| {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{}", e.to_json(&id))?;
+                    out.flush()
+                })?;
+            }
+        }
         Cmd::Features => println!("{}", serde_json::to_string_pretty(&features())?),
         Cmd::State { id } => {
             let st = container::state(&store, &id)?;
