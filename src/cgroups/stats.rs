@@ -547,9 +547,19 @@ impl OomWatch {
             }
             // The eventfd also fires when the cgroup goes away, and once per reclaim failure:
             // count kills, as on v2.
+            // The kernel notifies before it picks and kills a process: give the counter a
+            // moment to follow.
             Source::V1 { control, last, .. } => {
-                let now = oom_kills(control);
-                let grew = n > 0 && now > *last;
+                if n <= 0 {
+                    return false;
+                }
+                let deadline = std::time::Instant::now() + std::time::Duration::from_millis(250);
+                let mut now = oom_kills(control);
+                while now <= *last && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    now = oom_kills(control);
+                }
+                let grew = now > *last;
                 *last = now;
                 grew
             }

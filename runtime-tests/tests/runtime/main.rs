@@ -8,6 +8,7 @@ mod beancounters;
 mod cgroups;
 mod commands;
 mod crash;
+mod events;
 mod exec;
 mod malformed;
 mod mounts;
