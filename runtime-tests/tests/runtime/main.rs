@@ -14,3 +14,4 @@ mod malformed;
 mod mounts;
 mod namespaces;
 mod process;
+mod seccomp;
