@@ -10,6 +10,7 @@ mod commands;
 mod crash;
 mod events;
 mod exec;
+mod hooks;
 mod malformed;
 mod mounts;
 mod namespaces;
