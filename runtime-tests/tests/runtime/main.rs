@@ -16,3 +16,4 @@ mod mounts;
 mod namespaces;
 mod process;
 mod seccomp;
+mod terminal;
