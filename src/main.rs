@@ -161,6 +161,7 @@ fn run(cli: Cli) -> Result<i32> {
                 caps: a.cap.clone(),
                 no_new_privs: a.no_new_privs,
                 preserve_fds: a.preserve_fds,
+                cgroups: a.cgroup.clone(),
             };
             return Ok(container::exec(&store, &a.id, &opts)?);
         }

@@ -105,7 +105,8 @@ pub struct ExecArgs {
     pub cap: Vec<String>,
     #[arg(long = "preserve-fds", default_value_t = 0)]
     pub preserve_fds: i32,
-    /// Accepted for runc compatibility: the process joins the container's cgroup.
+    /// Join an existing sub-cgroup of the container's cgroup: [CONTROLLER[,CONTROLLER]:]PATH
+    /// (repeatable).
     #[arg(long)]
     pub cgroup: Vec<String>,
     #[arg(long = "ignore-paused")]

@@ -14,6 +14,7 @@ mod hooks;
 mod malformed;
 mod mounts;
 mod namespaces;
+mod parity;
 mod process;
 mod seccomp;
 mod terminal;
