@@ -66,6 +66,10 @@ fn exec_no_new_privs_flag() {
     };
     assert_eq!(nnp(&[]), "0");
     assert_eq!(nnp(&["--no-new-privs"]), "1");
+    // a container with noNewPrivileges passes it on to exec'd processes
+    let c = running(&t);
+    let o = t.rt.cmd(&["exec", &c.id, "cat", "/proc/self/status"]).ok();
+    assert_eq!(status_field(&o.stdout, "NoNewPrivs:"), "1");
 }
 
 #[test]

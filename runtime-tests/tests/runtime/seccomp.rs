@@ -22,9 +22,11 @@ fn seccomp_errno_with_errno_ret() {
         &t,
         profile(json!([
             {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
-            {"names": ["rmdir"], "action": "SCMP_ACT_ERRNO"}
+            {"names": ["rmdir"], "action": "SCMP_ACT_ERRNO"},
+            // no tracer attached: the call fails with ENOSYS
+            {"names": ["link", "linkat"], "action": "SCMP_ACT_TRACE"}
         ])),
-        "mkdir /dev/shm/d 2>&1; rmdir /dev/shm 2>&1; echo end",
+        "mkdir /dev/shm/d 2>&1; rmdir /dev/shm 2>&1; touch /dev/shm/a; ln /dev/shm/a /dev/shm/b 2>&1; echo end",
     );
     let out = o.stdout.to_lowercase();
     assert!(
@@ -34,6 +36,10 @@ fn seccomp_errno_with_errno_ret() {
     assert!(
         out.contains("operation not permitted"),
         "default errno EPERM: {o:?}"
+    );
+    assert!(
+        out.contains("function not implemented"),
+        "SCMP_ACT_TRACE without a tracer: {o:?}"
     );
     assert!(out.contains("end"), "{o:?}");
 }
