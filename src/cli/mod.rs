@@ -109,6 +109,8 @@ pub struct ExecArgs {
     /// (repeatable).
     #[arg(long)]
     pub cgroup: Vec<String>,
+    /// Accepted for runc compatibility; exec into a paused container is refused all the same
+    /// (the process would start frozen).
     #[arg(long = "ignore-paused")]
     pub ignore_paused: bool,
     pub id: String,

@@ -122,7 +122,11 @@ pub fn exec(store: &Store, id: &str, o: &ExecOptions) -> Result<i32, ContainerEr
         return Err(ContainerError::WrongState {
             id: id.into(),
             status: st,
-            what: "container not running".into(),
+            what: if st == Status::Paused {
+                "cannot exec in a paused container (resume it first)".into()
+            } else {
+                "container not running".into()
+            },
         });
     }
     let spec: Spec = c
