@@ -289,3 +289,22 @@ fn exec_runs_under_the_containers_filter() {
         "{o:?}"
     );
 }
+
+#[test]
+fn seccomp_architectures() {
+    let t = setup!("seccomp-arch");
+    // the native one with its 32-bit companions: the rules still bite
+    let mut p = profile(json!([{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]));
+    p["architectures"] = json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]);
+    let o = run_with(&t, p, "mkdir /dev/shm/d 2>&1; echo end");
+    assert!(
+        o.stdout.contains("not permitted") && o.stdout.contains("end"),
+        "{o:?}"
+    );
+    // an architecture nobody knows is refused, nothing left
+    let mut p = profile(json!([]));
+    p["architectures"] = json!(["SCMP_ARCH_NO_SUCH_ARCH"]);
+    let b = t.bundle().set("/linux/seccomp", p).args(&["true"]);
+    t.create_raw(&b, &b.id, &[]).fails();
+    assert!(t.rt.state(&b.id).is_err());
+}
