@@ -203,7 +203,9 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), ContainerError
     // A create killed before its record was in place leaves only a staging directory.
     let swept = store.sweep_staging(id);
     let locked = match store.lock(id) {
-        Err(crate::state::StateError::NotFound(_)) if swept > 0 => return Ok(()),
+        // As runc: `delete --force` of a container that does not exist succeeds (callers
+        // clean up after failures with it).
+        Err(crate::state::StateError::NotFound(_)) if swept > 0 || force => return Ok(()),
         other => other?,
     };
     let c = Container {

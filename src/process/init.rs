@@ -41,13 +41,13 @@ pub fn run(cfg: &InitConfig, chan: &Channel, fifo: OwnedFd) -> ! {
 }
 
 /// What the init does at `start`: the startContainer hooks, then the user's program.
-struct Start {
-    exec: user_process::Exec,
+struct Start<'a> {
+    exec: user_process::Exec<'a>,
     start_hooks: Vec<oci_spec::runtime::Hook>,
     start_state: String,
 }
 
-fn setup(cfg: &InitConfig, chan: &Channel) -> Result<Option<Start>, InitError> {
+fn setup<'a>(cfg: &InitConfig<'a>, chan: &Channel) -> Result<Option<Start<'a>>, InitError> {
     let spec = cfg.spec;
     let _ = nix::unistd::setsid();
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());

@@ -42,15 +42,18 @@ pub struct Options<'a> {
     pub setgroups_allowed: bool,
 }
 
-/// The program to exec, ready as C strings.
-pub struct Exec {
+/// The program to exec, ready as C strings, and the seccomp filter still to install right
+/// before the execve (with no_new_privs: then the runtime's own last syscalls — the ready
+/// message, waiting for `start`, startContainer hooks — need not be allowed by the profile).
+pub struct Exec<'a> {
     path: CString,
     args: Vec<CString>,
     env: Vec<CString>,
+    late_seccomp: Option<&'a Compiled>,
 }
 
 /// Everything up to the execve, in the calling (already namespaced) process.
-pub fn prepare(p: &Process, o: &Options) -> Result<Exec, UserProcessError> {
+pub fn prepare<'a>(p: &Process, o: &Options<'a>) -> Result<Exec<'a>, UserProcessError> {
     if p.terminal().unwrap_or(false) {
         let sock = o
             .console
@@ -76,7 +79,11 @@ pub fn prepare(p: &Process, o: &Options) -> Result<Exec, UserProcessError> {
     for fd in 3..first as i32 {
         sys::clear_cloexec(fd).map_err(|e| msg(format!("--preserve-fds: fd {fd}: {e}")))?;
     }
-    let exec = resolve(p)?;
+    let mut exec = resolve(p)?;
+    // Before any filter: a profile need not allow umask (nix would panic on its errno).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+        p.user().umask().unwrap_or(0o022) as _,
+    ));
     // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it while we are root.
     if let (Some(sc), false) = (o.seccomp, nnp) {
         sc.install()?;
@@ -88,28 +95,39 @@ pub fn prepare(p: &Process, o: &Options) -> Result<Exec, UserProcessError> {
     if !cwd_done {
         enter_cwd(p.cwd())?;
     }
-    // With no_new_privs the filter goes on as late as possible, after our own syscalls.
-    if let (Some(sc), true) = (o.seccomp, nnp) {
-        sc.install()?;
+    // With no_new_privs the filter goes on as late as possible: right before the execve.
+    if nnp {
+        exec.late_seccomp = o.seccomp;
     }
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
-        p.user().umask().unwrap_or(0o022) as _,
-    ));
     Ok(exec)
+}
+
+/// Install the late seccomp filter (if any) and execve the program; returns only on failure,
+/// with the reason and whether the program was missing.
+fn install_and_exec(e: &Exec) -> (String, bool) {
+    if let Some(sc) = e.late_seccomp {
+        if let Err(err) = sc.install() {
+            return (err.to_string(), false);
+        }
+    }
+    let err = nix::unistd::execve(&e.path, &e.args, &e.env).unwrap_err();
+    (
+        format!("exec {}: {err}", e.path.to_string_lossy()),
+        err == nix::Error::ENOENT,
+    )
 }
 
 /// execve the program; returns only on failure, with the reason.
 pub fn try_exec(e: &Exec) -> String {
-    let err = nix::unistd::execve(&e.path, &e.args, &e.env).unwrap_err();
-    format!("exec {}: {err}", e.path.to_string_lossy())
+    install_and_exec(e).0
 }
 
 /// execve the program; on failure say why on stderr and exit 127/126.
 pub fn exec(e: &Exec) -> ! {
-    let err = nix::unistd::execve(&e.path, &e.args, &e.env).unwrap_err();
-    eprintln!("runvz: exec {}: {err}", e.path.to_string_lossy());
+    let (err, missing) = install_and_exec(e);
+    eprintln!("runvz: {err}");
     // SAFETY: _exit in a forked child, skipping the parent's destructors.
-    unsafe { libc::_exit(if err == nix::Error::ENOENT { 127 } else { 126 }) }
+    unsafe { libc::_exit(if missing { 127 } else { 126 }) }
 }
 
 /// chdir into the configured cwd and make sure it is inside the container: a cwd reached
@@ -138,7 +156,7 @@ fn cstring(s: &str, what: &str) -> Result<CString, UserProcessError> {
 }
 
 /// The program's path (looked up in the process's own PATH) and its argv/envp.
-fn resolve(p: &Process) -> Result<Exec, UserProcessError> {
+fn resolve<'a>(p: &Process) -> Result<Exec<'a>, UserProcessError> {
     let args = p.args().as_deref().unwrap_or(&[]);
     let prog = args.first().ok_or_else(|| msg("process.args is empty"))?;
     let env: Vec<String> = p.env().clone().unwrap_or_default();
@@ -177,5 +195,6 @@ fn resolve(p: &Process) -> Result<Exec, UserProcessError> {
             .iter()
             .map(|e| cstring(e, "process.env"))
             .collect::<Result<_, _>>()?,
+        late_seccomp: None,
     })
 }

@@ -159,6 +159,10 @@ fn pause_and_resume_freeze_the_container() {
         );
     }
     t.rt.cmd(&["pause", &b.id]).fails();
+    // no exec into a frozen container (runc: "use --ignore-paused to override")
+    t.rt.cmd(&["exec", &b.id, "true"])
+        .fails()
+        .stderr_has("paused");
     t.rt.cmd(&["resume", &b.id]).ok();
     assert_eq!(t.rt.status(&b.id), "running");
     if v1 {
