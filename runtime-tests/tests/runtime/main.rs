@@ -4,6 +4,7 @@
 //! Every test uses a `Ctx` (see runtime-tests/src/lib.rs) whose drop force-deletes the test's
 //! containers and fails the test if any state entry, cgroup, process or mount of them remains.
 
+mod attacks;
 mod beancounters;
 mod cgroups;
 mod commands;
