@@ -10,6 +10,7 @@ mod cgroups;
 mod commands;
 mod crash;
 mod exec;
+mod exhaustion;
 mod malformed;
 mod mounts;
 mod namespaces;
