@@ -5,7 +5,9 @@
 //! docs/security.md). The in-container half of some attacks is `attack` (hack/tools/attack.c,
 //! built into the test rootfs by hack/build-bundle).
 
-use runtime_tests::{mountinfo_lines, note, rootfs, setup, Bundle, CmdOutput, Ctx};
+use runtime_tests::{
+    mountinfo_lines, note, rootfs, rootfs_has_tool, setup, Bundle, CmdOutput, Ctx,
+};
 use serde_json::{json, Value};
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -36,17 +38,6 @@ fn verdict(t: &Ctx, cve: &str, runc_vulnerable: bool, problems: &[String]) {
         t.rt.name,
         problems.join("; ")
     );
-}
-
-/// True (after printing why) when the rootfs lacks the `attack` helper.
-fn no_attack_tool(name: &str) -> bool {
-    if rootfs().join("bin/attack").exists() {
-        return false;
-    }
-    note(&format!(
-        "SKIP {name}: no bin/attack in the rootfs (run hack/build-bundle)"
-    ));
-    true
 }
 
 /// "ran the bundle" or "refused the bundle: <its error>".
@@ -160,7 +151,7 @@ fn checksum(p: &Path) -> (u64, u64) {
 #[test]
 fn cve_2019_5736_runtime_binary_cannot_be_overwritten() {
     let mut t = setup!("cve-2019-5736");
-    if no_attack_tool("cve-2019-5736") {
+    if !rootfs_has_tool("attack", "cve-2019-5736") {
         return;
     }
     let copy = t.scratch().join(&t.rt.name);
@@ -292,7 +283,7 @@ fn fd_problems(what: &str, out: &str) -> Vec<String> {
 #[test]
 fn cve_2024_21626_no_fd_leaks_into_the_container() {
     let t = setup!("cve-2024-21626-fds");
-    if no_attack_tool("cve-2024-21626-fds") {
+    if !rootfs_has_tool("attack", "cve-2024-21626-fds") {
         return;
     }
     let mut problems = vec![];

@@ -3,7 +3,7 @@
 //! the kernel counts, bounded in time and cleaned up. runvz gets the OpenVZ beancounter
 //! annotations; other runtimes the plain OCI limit that means the same where one exists.
 
-use runtime_tests::{cgroup_controller_dir, note, rootfs, setup, Bundle, Ctx};
+use runtime_tests::{cgroup_controller_dir, note, rootfs, rootfs_has_tool, setup, Bundle, Ctx};
 use serde_json::{json, Value};
 use std::fs;
 use std::process::Command;
@@ -46,16 +46,6 @@ fn ub_row(t: &Ctx, id: &str, name: &str) -> Value {
 
 fn failcnt(row: &Value) -> u64 {
     row["failcnt"].as_u64().unwrap_or(0)
-}
-
-fn has_ubtool(name: &str) -> bool {
-    if rootfs().join("bin/ubtool").exists() {
-        return true;
-    }
-    note(&format!(
-        "SKIP {name}: no bin/ubtool in the rootfs (run hack/build-bundle)"
-    ));
-    false
 }
 
 /// runvz: the beancounter annotation; others: the OCI equivalent set by `oci`.
@@ -119,7 +109,7 @@ fn fork_bomb_is_held_at_numproc_and_the_host_forks() {
 #[test]
 fn memory_hog_is_oom_killed_inside_and_the_host_is_fine() {
     let t = setup!("exhaust-memhog");
-    if !has_ubtool("exhaust-memhog") {
+    if !rootfs_has_tool("ubtool", "exhaust-memhog") {
         return;
     }
     let b = limited(&t, json!({"io.runvz.ram": "32M"}), |b| {
@@ -156,7 +146,7 @@ fn memory_hog_is_oom_killed_inside_and_the_host_is_fine() {
 #[test]
 fn pty_exhaustion_stops_at_numpty() {
     let t = setup!("exhaust-pty");
-    if !has_ubtool("exhaust-pty") {
+    if !rootfs_has_tool("ubtool", "exhaust-pty") {
         return;
     }
     // runc: devpts's own max= option is the pty limit.
@@ -191,7 +181,7 @@ fn pty_exhaustion_stops_at_numpty() {
 #[test]
 fn fd_exhaustion_stops_at_numfile() {
     let t = setup!("exhaust-fds");
-    if !has_ubtool("exhaust-fds") {
+    if !rootfs_has_tool("ubtool", "exhaust-fds") {
         return;
     }
     let b = limited(&t, json!({"io.runvz.ub.numfile": "64"}), |b| {
