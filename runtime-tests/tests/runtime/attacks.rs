@@ -651,3 +651,96 @@ fn cve_2022_29162_inheritable_capabilities_are_as_configured() {
     }
     verdict(&t, "CVE-2022-29162", false, &problems);
 }
+
+/// Accepts one connection on a console socket and returns the pty master the runtime sends.
+fn receive_pty(listener: &std::os::unix::net::UnixListener) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (conn, _) = listener.accept().ok()?;
+    let mut buf = [0u8; 256];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut cmsg = [0u64; 8];
+    // SAFETY: a zeroed msghdr is valid; the pointers below outlive the recvmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cmsg);
+    // SAFETY: recvmsg on a connected socket with a valid msghdr.
+    if unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg, 0) } < 0 {
+        return None;
+    }
+    // SAFETY: walking the control messages recvmsg filled in.
+    let c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    if c.is_null() {
+        return None;
+    }
+    // SAFETY: c is a valid cmsghdr; SCM_RIGHTS data is an array of ints.
+    unsafe {
+        if (*c).cmsg_type != libc::SCM_RIGHTS {
+            return None;
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>());
+        Some(std::os::fd::OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// CVE-2025-52565: with process.terminal, /dev/console in the rootfs is a symlink to another
+/// file (a /proc file in the real attack; here a file in a volume): a runtime that bind-mounts
+/// the pty on /dev/console following the symlink covers that file instead.
+#[test]
+fn cve_2025_52565_dev_console_symlink_is_not_followed() {
+    let t = setup!("cve-2025-52565");
+    let vol = volume(&t, "vol", &[("canary", "orig\n")]);
+    let r = own_rootfs(&t, "rootfs");
+    symlink("/mnt/canary", r.join("dev/console")).expect("symlink");
+    let sock = t.scratch().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("console socket");
+    let b = with_rootfs(t.bundle(), &r)
+        .edit(|c| {
+            if let Some(m) = c["mounts"].as_array_mut() {
+                m.retain(|m| m["destination"] != "/dev");
+            }
+        })
+        .mount(bind(&vol, "/mnt"))
+        .set("/process/terminal", json!(true))
+        .sh("stat -c %F /mnt/canary > /mnt/result; exec sleep 1000");
+    let (pty, o) = std::thread::scope(|s| {
+        let h = s.spawn(|| receive_pty(&listener));
+        let o = t.create_raw(
+            &b,
+            &b.id,
+            &["--console-socket", sock.to_str().expect("utf8")],
+        );
+        if !o.success() {
+            // Unblock the accept.
+            let _ = std::os::unix::net::UnixStream::connect(&sock);
+        }
+        (h.join().expect("thread"), o)
+    });
+    let mut problems = vec![];
+    if o.success() {
+        t.start(&b.id);
+        let end = std::time::Instant::now() + T;
+        while !vol.join("result").exists() && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let kind = fs::read_to_string(vol.join("result")).unwrap_or_default();
+        if kind.trim() != "regular file" {
+            problems.push(format!(
+                "the file /dev/console pointed at is now a {:?} in the container",
+                kind.trim()
+            ));
+        }
+    }
+    if fs::read_to_string(vol.join("canary")).unwrap_or_default() != "orig\n" {
+        problems.push("the file /dev/console pointed at was written".into());
+    }
+    note(&format!("CVE-2025-52565: {} {}", t.rt.name, outcome(&o)));
+    t.rt.cmd(&["delete", "--force", &b.id]);
+    drop(pty);
+    verdict(&t, "CVE-2025-52565", true, &problems);
+}
