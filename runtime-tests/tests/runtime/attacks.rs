@@ -301,23 +301,31 @@ fn cve_2024_21626_no_fd_leaks_into_the_container() {
     verdict(&t, "CVE-2024-21626 (fd leak)", false, &problems);
 }
 
-/// Mount destinations `/mnt/x` and `/mnt/x/sub/deeper` where the container owning the shared
-/// volume at /mnt races `x` between a directory and a symlink that climbs out of the root to a
-/// host directory (CVE-2024-45310: the runtime creates `sub/deeper` there) or to the rootfs's
-/// own /etc through the host's tree (CVE-2021-30465: the tmpfs lands where the symlink leads).
+/// Mount destinations `/mnt/p` and `/mnt/x/sub/deeper` where a container sharing the volume at
+/// /mnt swaps `p` and `x` (directories) with symlinks (renameat2 RENAME_EXCHANGE in a tight
+/// loop) that climb out of the root: `x` to a host directory (CVE-2024-45310: the runtime
+/// creates `sub/deeper` there), `p` to the rootfs's own /etc through the host's tree
+/// (CVE-2021-30465: the tmpfs lands where the symlink leads).
 #[test]
 fn cve_2021_30465_and_2024_45310_racing_symlinks_in_mount_targets() {
     let t = setup!("cve-2021-30465");
+    if !rootfs_has_tool("attack", "cve-2021-30465") {
+        return;
+    }
     let vol = volume(&t, "vol", &[]);
     let host = volume(&t, "host-target", &[]);
     let rootfs_b = own_rootfs(&t, "rootfs-b");
-    let esc_host = escape_to(&host);
-    let esc_etc = escape_to(&rootfs_b.join("etc"));
-    let racer = t.bundle().mount(bind(&vol, "/mnt")).sh(&format!(
-        "cd /mnt; while :; do rm -rf x; mkdir x; rm -rf x; ln -s '{esc_host}' x; rm -f x; ln -s '{esc_etc}' x; rm -f x; done"
-    ));
-    t.create(&racer);
+    fs::create_dir(vol.join("x")).expect("mkdir");
+    fs::create_dir(vol.join("p")).expect("mkdir");
+    symlink(escape_to(&host), vol.join("y")).expect("symlink");
+    symlink(escape_to(&rootfs_b.join("etc")), vol.join("q")).expect("symlink");
+    let racer = t
+        .bundle()
+        .mount(bind(&vol, "/mnt"))
+        .sh("attack swap 120 /mnt/x /mnt/y & attack swap 120 /mnt/p /mnt/q & wait");
+    let ro = t.create(&racer);
     t.start(&racer.id);
+    assert!(ro.wait_stdout("swapping", T).contains("swapping"));
     let mut problems = vec![];
     let (mut made, mut refused) = (0, 0);
     for i in 0..40 {
