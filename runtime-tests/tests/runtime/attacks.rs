@@ -145,7 +145,8 @@ fn checksum(p: &Path) -> (u64, u64) {
 
 /// CVE-2019-5736: a process in the container catches the runtime while it runs inside (an
 /// `exec` whose command is a `#!/proc/self/exe` script re-runs the runtime binary in the
-/// container), holds its /proc/PID/exe open and writes it once it exits. The runtime binary on
+/// container; a created container's PID 1 before `start` runs a `#!/proc/self/exe`
+/// entrypoint), holds its /proc/PID/exe open and writes it once it exits. The runtime binary on
 /// the host (here a copy, so a vulnerable runtime only spoils the copy) must be unchanged and
 /// every write must fail.
 #[test]
@@ -179,14 +180,43 @@ fn cve_2019_5736_runtime_binary_cannot_be_overwritten() {
     } else {
         o.wait_stdout("last write error", T)
     };
+    // The entrypoint variant: a watcher exec'd into a created container, whose PID 1 is still
+    // the runtime, holds its exe; `start` then runs `#!/proc/self/exe` as the entrypoint.
+    let b2 = t.bundle().mount(bind(&vol, "/mnt")).args(&["/mnt/evil"]);
+    t.create(&b2);
+    let watch = vol.join("watch.out");
+    t.rt.cmd(&[
+        "exec",
+        "--detach",
+        &b2.id,
+        "sh",
+        "-c",
+        "exec attack exewatch 3 > /mnt/watch.out 2>&1",
+    ])
+    .ok();
+    let end = std::time::Instant::now() + T;
+    while !fs::read_to_string(&watch).is_ok_and(|s| s.contains("caught pid"))
+        && std::time::Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = t.rt.cmd(&["start", &b2.id]);
+    t.rt.wait_status(&b2.id, "stopped", T);
+    let out2 = fs::read_to_string(&watch).unwrap_or_default();
     let mut problems = vec![];
     if checksum(&copy) != before {
         problems.push("the runtime binary on the host changed".to_string());
     }
-    problems.extend(
-        out.lines()
-            .filter(|l| l.starts_with("WROTE"))
-            .map(String::from),
+    for o in [&out, &out2] {
+        problems.extend(
+            o.lines()
+                .filter(|l| l.starts_with("WROTE"))
+                .map(String::from),
+        );
+    }
+    assert!(
+        !t.rt.is_runvz() || out2.contains("caught pid 1 "),
+        "the watcher did not catch runvz's init in the created container: {out2}"
     );
     verdict(&t, "CVE-2019-5736", false, &problems);
     // runvz relies on its read-only binary, so the attack must have had its chance: the watcher
@@ -197,9 +227,13 @@ fn cve_2019_5736_runtime_binary_cannot_be_overwritten() {
         "the watcher never caught a runtime process in the container: {out}"
     );
     note(&format!(
-        "CVE-2019-5736: {}: {}",
+        "CVE-2019-5736: {}: exec: {}; entrypoint: {}",
         t.rt.name,
-        out.lines().last().unwrap_or_default()
+        out.lines().last().unwrap_or_default(),
+        out2.lines()
+            .filter(|l| l.starts_with("caught"))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
 }
 
