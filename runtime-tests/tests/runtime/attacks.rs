@@ -214,18 +214,15 @@ fn cve_2019_5736_runtime_binary_cannot_be_overwritten() {
                 .map(String::from),
         );
     }
+    // runvz relies on its read-only binary, so the attack must have had its chance: the watcher
+    // caught the runtime inside (PID 1 of a created container is, deterministically; an exec's
+    // helper usually is, see the note). runc makes its processes in the container non-dumpable:
+    // their /proc/PID/exe cannot be opened at all, there is nothing to catch.
     assert!(
         !t.rt.is_runvz() || out2.contains("caught pid 1 "),
         "the watcher did not catch runvz's init in the created container: {out2}"
     );
     verdict(&t, "CVE-2019-5736", false, &problems);
-    // runvz relies on its read-only binary, so the attack must have had its chance: the watcher
-    // caught the runtime inside. (runc makes its processes in the container non-dumpable, so
-    // their /proc/PID/exe cannot be opened at all: nothing to catch.)
-    assert!(
-        !t.rt.is_runvz() || out.lines().any(|l| l.starts_with("caught pid")),
-        "the watcher never caught a runtime process in the container: {out}"
-    );
     note(&format!(
         "CVE-2019-5736: {}: exec: {}; entrypoint: {}",
         t.rt.name,
