@@ -48,6 +48,18 @@ pub fn rootfs() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target/bundle/rootfs"))
 }
 
+/// True when the test rootfs has `bin/<tool>` (a helper built by hack/build-bundle); otherwise
+/// prints why `test` skips and returns false.
+pub fn rootfs_has_tool(tool: &str, test: &str) -> bool {
+    if rootfs().join("bin").join(tool).exists() {
+        return true;
+    }
+    note(&format!(
+        "SKIP {test}: no bin/{tool} in the rootfs (run hack/build-bundle)"
+    ));
+    false
+}
+
 /// Unique part of this test process, so concurrent suites do not see each other's containers.
 pub fn run_tag() -> String {
     format!("{ID_PREFIX}{}-", std::process::id())

@@ -4,12 +4,14 @@
 //! Every test uses a `Ctx` (see runtime-tests/src/lib.rs) whose drop force-deletes the test's
 //! containers and fails the test if any state entry, cgroup, process or mount of them remains.
 
+mod attacks;
 mod beancounters;
 mod cgroups;
 mod commands;
 mod crash;
 mod events;
 mod exec;
+mod exhaustion;
 mod hooks;
 mod malformed;
 mod mounts;
