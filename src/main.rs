@@ -122,11 +122,11 @@ fn run(cli: Cli) -> Result<i32> {
     };
     match cmd {
         Cmd::Create(a) => {
-            runvz::process::exe::ensure_sealed();
+            runvz::process::exe::ensure_sealed()?;
             container::create(&store, &a.id, &create_opts(&a)?)?;
         }
         Cmd::Run { create, detach, .. } => {
-            runvz::process::exe::ensure_sealed();
+            runvz::process::exe::ensure_sealed()?;
             let opts = RunOptions {
                 create: create_opts(&create)?,
                 detach,
@@ -134,7 +134,7 @@ fn run(cli: Cli) -> Result<i32> {
             return Ok(container::run(&store, &create.id, &opts)?);
         }
         Cmd::Exec(a) => {
-            runvz::process::exe::ensure_sealed();
+            runvz::process::exe::ensure_sealed()?;
             let process = match &a.process {
                 Some(p) => {
                     let data =
