@@ -147,6 +147,7 @@ fn intermediate(
             let opts = user_process::Options {
                 seccomp: cfg.seccomp,
                 console: cfg.console,
+                bind_console: false,
                 preserve_fds: cfg.preserve_fds,
                 setgroups_allowed,
             };

@@ -110,6 +110,7 @@ fn setup<'a>(cfg: &InitConfig<'a>, chan: &Channel) -> Result<Option<Start<'a>>, 
         &user_process::Options {
             seccomp: cfg.seccomp,
             console: cfg.console,
+            bind_console: true,
             preserve_fds: cfg.preserve_fds,
             setgroups_allowed,
         },

@@ -37,6 +37,8 @@ pub struct Options<'a> {
     pub seccomp: Option<&'a Compiled>,
     /// A connected socket to send the pty master to (process.terminal).
     pub console: Option<RawFd>,
+    /// Bind the terminal onto /dev/console (the container's init, not `exec`).
+    pub bind_console: bool,
     pub preserve_fds: i32,
     /// setgroups(2) is allowed (not denied in this user namespace).
     pub setgroups_allowed: bool,
@@ -61,7 +63,7 @@ pub fn prepare<'a>(p: &Process, o: &Options<'a>) -> Result<Exec<'a>, UserProcess
         let size = p
             .console_size()
             .map(|b| (b.height() as u16, b.width() as u16));
-        tty::setup_console(sock, p.user().uid(), size)?;
+        tty::setup_console(sock, p.user().uid(), size, o.bind_console)?;
         // SAFETY: the console socket is ours and no longer needed.
         unsafe { libc::close(sock) };
     }

@@ -46,6 +46,28 @@ fn terminal_with_console_socket_is_the_controlling_tty() {
     );
 }
 
+/// The OCI spec: with `process.terminal`, the pty is bind-mounted onto /dev/console.
+#[test]
+fn terminal_is_bound_onto_dev_console() {
+    let t = setup!("tty-console");
+    let sock = ConsoleSocket::bind(t.scratch());
+    let b = t
+        .bundle()
+        .set("/process/terminal", serde_json::json!(true))
+        .sh("echo via-console-ok > /dev/console; stat -L -c 'dev %t:%T' /dev/console $(tty); echo stat-done; exec sleep 1000");
+    t.create_raw(&b, &b.id, &["--console-socket", &sock.path_str()])
+        .ok();
+    let master = sock.accept_master(T);
+    t.start(&b.id);
+    let out = read_pty_until(&master, "stat-done", T);
+    let devs: Vec<&str> = out.lines().filter(|l| l.starts_with("dev ")).collect();
+    assert!(out.contains("via-console-ok"), "{out:?}");
+    assert!(
+        devs.len() == 2 && devs[0] == devs[1],
+        "/dev/console and the tty differ: {out:?}"
+    );
+}
+
 #[test]
 fn exec_tty_with_console_socket() {
     let t = setup!("tty-exec-socket");
