@@ -203,7 +203,9 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), ContainerError
     // A create killed before its record was in place leaves only a staging directory.
     let swept = store.sweep_staging(id);
     let locked = match store.lock(id) {
-        Err(crate::state::StateError::NotFound(_)) if swept > 0 => return Ok(()),
+        // `delete --force` of a missing container succeeds, as runc's does: Podman cleans up a
+        // failed create that way and would report the "does not exist" over the real error.
+        Err(crate::state::StateError::NotFound(_)) if swept > 0 || force => return Ok(()),
         other => other?,
     };
     let c = Container {
