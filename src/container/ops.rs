@@ -150,7 +150,15 @@ pub fn kill(store: &Store, id: &str, sig: Signal, all: bool) -> Result<(), Conta
             return Ok(());
         }
     }
-    signal_init(&c, sig)
+    signal_init(&c, sig)?;
+    // A frozen init cannot die: after SIGKILL thaw it, as runc does (containerd's `task kill -s
+    // SIGKILL` of a paused task would leave it paused forever).
+    if st == Status::Paused && sig == Signal::SIGKILL {
+        if let Some(cg) = c.cgroup() {
+            let _ = cg.freeze(false);
+        }
+    }
+    Ok(())
 }
 
 /// Signal the init through a pidfd, after checking it is still the same process.
