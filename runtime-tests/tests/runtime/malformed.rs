@@ -119,6 +119,22 @@ fn executable_not_in_rootfs() {
     );
 }
 
+// runc refuses a program that is not executable (a file without x bits, a directory) at create:
+// Podman and Docker then report "permission denied" as the create's error.
+#[test]
+fn program_not_executable() {
+    let t = setup!("not-exe");
+    for prog in ["/etc/passwd", "/tmp"] {
+        let b = t.bundle().args(&[prog]);
+        let o = refuse_create(&t, b);
+        assert!(
+            o.stderr.to_lowercase().contains("permission denied"),
+            "{prog}: message does not name the problem: {}",
+            o.stderr
+        );
+    }
+}
+
 #[test]
 fn bad_container_ids() {
     let t = setup!("bad-ids");
