@@ -16,6 +16,7 @@ eco_init() {
   RT_LABEL=$(basename "$RT")
   "$ECO_HACK/images" >/dev/null || { echo "eco/$ENGINE: hack/eco/images failed" >&2; exit 2; }
   T=$(mktemp -d "/tmp/eco-$ENGINE.XXXXXX")
+  cd "$T" || exit 2     # conmon drops an "oom" file into its working directory
   LOG=$ECO_CACHE/logs/$ENGINE-$RT_LABEL.log
   mkdir -p "$ECO_CACHE/logs"; : > "$LOG"
   PASS=0 FAILED=() XFAILED=() XPASSED=() LEAKS=()
@@ -118,7 +119,7 @@ eco_finish() {
     printf 'LEAK  %s\n' "${LEAKS[@]}"
     kill_leftovers
   fi
-  rm -rf "$T" 2>/dev/null || leak "could not remove $T"
+  cd / && rm -rf "$T" 2>/dev/null || leak "could not remove $T"
   [ ${#XFAILED[@]} -eq 0 ] || extra=" (+${#XFAILED[@]} expected failure: ${XFAILED[*]})"
   [ ${#XPASSED[@]} -eq 0 ] || extra="$extra (unexpectedly passing: ${XPASSED[*]})"
   echo "$ENGINE $RT_LABEL: $PASS of $total pass$extra; $((SECONDS - T0)) s"
