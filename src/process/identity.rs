@@ -55,7 +55,7 @@ pub fn set_rlimits(limits: &[PosixRlimit]) -> Result<(), IdentityError> {
             let mut source = io::Error::last_os_error();
             if source.raw_os_error() == Some(libc::EPERM) {
                 source = io::Error::other(
-                    "EPERM: raising a hard limit above the current one needs CAP_SYS_RESOURCE",
+                    "Operation not permitted (EPERM): raising a hard limit above the current one needs CAP_SYS_RESOURCE",
                 );
             }
             return Err(IdentityError::Rlimit {

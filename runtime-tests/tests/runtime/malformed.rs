@@ -297,7 +297,13 @@ fn rlimit_above_the_hard_limit_of_the_host() {
         "/process/rlimits",
         json!([{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": lim.rlim_max * 4}]),
     );
-    refuse_run(&t, b);
+    let o = refuse_run(&t, b);
+    // Podman files an error naming "operation not permitted" as "OCI permission denied".
+    assert!(
+        o.stderr.to_lowercase().contains("operation not permitted"),
+        "no strerror(EPERM) in: {}",
+        o.stderr
+    );
 }
 
 #[test]
