@@ -78,12 +78,13 @@ HOG='x=$(head -c 100000000 /dev/zero | tr "\0" a); echo survived ${#x}'
 # leak NAME...: records leftovers found by the engine's check.
 leak() { LEAKS+=("$@"); }
 
-# Generic leftover checks after the engine stopped: processes that mention $T or run the runtime,
-# mounts under $T, and the cgroups named in the arguments (relative paths below each hierarchy).
+# Generic leftover checks after the engine stopped: processes that mention $T (daemons, shims,
+# conmon, docker-proxy, runtime calls), mounts under $T, and the cgroups named in the arguments
+# (relative paths below each hierarchy; a container's processes keep its cgroup from going).
 check_common_leftovers() {
   local p c h first=() pids=()
   for p in /proc/[0-9]*; do
-    if { tr "\\0" " " < "$p/cmdline"; } 2>/dev/null | grep -qF "$T" || [ "$(readlink "$p/exe" 2>/dev/null)" = "$RT" ]; then
+    if { tr "\\0" " " < "$p/cmdline"; } 2>/dev/null | grep -qF "$T"; then
       [[ $(sed 's/.*) //' "$p/stat" 2>/dev/null | cut -d' ' -f1) =~ ^[ZX]?$ ]] || first+=("${p#/proc/}")
     fi
   done
