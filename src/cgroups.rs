@@ -1,5 +1,8 @@
 //! The container's cgroup, through `libcgroups` (v1, hybrid and v2): where it lives, putting
-//! processes in it, applying `linux.resources`, signalling and removing it.
+//! processes in it, applying `linux.resources`, signalling and removing it; its usage and OOM
+//! notifications (`stats`).
+
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,6 +31,47 @@ pub enum CgroupError {
     Remove { path: PathBuf, reason: String },
     #[error("invalid cgroupsPath {0:?}: {1}")]
     BadPath(String, String),
+    #[error("--cgroup {0:?}: {1}")]
+    BadSub(String, String),
+}
+
+/// A sub-cgroup of a container's cgroup that an exec'd process joins (`exec --cgroup
+/// [CONTROLLER[,CONTROLLER]:]PATH`, as runc): no controllers means every hierarchy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubCgroup {
+    pub controllers: Vec<String>,
+    pub path: PathBuf,
+}
+
+/// Parse runc's `exec --cgroup` values; at most one may omit the controllers.
+pub fn parse_subs(flags: &[String]) -> Result<Vec<SubCgroup>, CgroupError> {
+    let mut out: Vec<SubCgroup> = vec![];
+    for f in flags {
+        let bad = |why: &str| CgroupError::BadSub(f.clone(), why.into());
+        let (ctrls, path) = match f.split_once(':') {
+            Some((c, p)) => (c.split(',').map(String::from).collect::<Vec<_>>(), p),
+            None => (vec![], f.as_str()),
+        };
+        if ctrls.iter().any(|c| c.is_empty()) {
+            return Err(bad("an empty controller name"));
+        }
+        let path = PathBuf::from(path.trim_start_matches('/'));
+        if path.as_os_str().is_empty()
+            || path
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(bad("expected a path inside the container's cgroup"));
+        }
+        if ctrls.is_empty() && out.iter().any(|s| s.controllers.is_empty()) {
+            return Err(bad("only one sub-cgroup may be given without controllers"));
+        }
+        out.push(SubCgroup {
+            controllers: ctrls,
+            path,
+        });
+    }
+    Ok(out)
 }
 
 /// The cgroup path of a container: `linux.cgroupsPath` or `/runvz-<id>` (flat: no shared
@@ -167,6 +211,77 @@ impl Cgroup {
             })
     }
 
+    /// The directories of this cgroup that exist, with the controllers of their hierarchy
+    /// (v1: one per hierarchy mounted under /sys/fs/cgroup; v2: the one directory).
+    fn hierarchy_dirs(&self) -> Vec<(Vec<String>, PathBuf)> {
+        let rel = self.path.strip_prefix("/").unwrap_or(&self.path);
+        if self.is_v2() {
+            return vec![(vec![], self.v2_root.join(rel))];
+        }
+        let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return vec![];
+        };
+        rd.flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| {
+                let names = e
+                    .file_name()
+                    .to_string_lossy()
+                    .split(',')
+                    .map(String::from)
+                    .collect();
+                (names, e.path().join(rel))
+            })
+            .filter(|(_, d)| d.is_dir())
+            .collect()
+    }
+
+    /// Remove the (empty) child cgroups below this one, deepest first (an `exec --cgroup`
+    /// target or what the container made in its own cgroup namespace).
+    fn remove_children(&self) {
+        fn rm_below(dir: &Path) {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    rm_below(&e.path());
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        for (_, dir) in self.hierarchy_dirs() {
+            rm_below(&dir);
+        }
+    }
+
+    /// Move `pid` (already in this cgroup) into the existing sub-cgroups `subs`: on v1 each
+    /// hierarchy of this cgroup takes the sub-cgroup naming one of its controllers, else the
+    /// one without controllers; a missing sub-cgroup is an error (nothing is created).
+    pub fn add_to_subs(&self, pid: i32, subs: &[SubCgroup]) -> Result<(), CgroupError> {
+        if subs.is_empty() {
+            return Ok(());
+        }
+        for (names, dir) in self.hierarchy_dirs() {
+            let sub = subs
+                .iter()
+                .find(|s| {
+                    s.controllers
+                        .iter()
+                        .any(|c| self.is_v2() || names.contains(c))
+                })
+                .or_else(|| subs.iter().find(|s| s.controllers.is_empty()));
+            let Some(sub) = sub else { continue };
+            let procs = dir.join(&sub.path).join("cgroup.procs");
+            std::fs::write(&procs, pid.to_string()).map_err(|e| CgroupError::Add {
+                path: self.path.join(&sub.path),
+                pid,
+                reason: format!("{}: {e}", procs.display()),
+            })?;
+        }
+        Ok(())
+    }
+
     pub fn apply(
         &self,
         resources: &LinuxResources,
@@ -235,6 +350,7 @@ impl Cgroup {
         }
         let mut last = None;
         for _ in 0..50 {
+            self.remove_children();
             match self.mgr.remove() {
                 Ok(()) => return Ok(()),
                 Err(e) => last = Some(e.to_string()),
@@ -306,6 +422,17 @@ mod tests {
         // log2(2048) = 11, 10^((121 + 1375) / 612 - 7/34) = 173.9 -> 174
         assert_eq!(read("cpu.weight").trim(), "174");
         std::fs::remove_dir_all(&root).unwrap();
+    }
+    #[test]
+    fn exec_cgroup_flags() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let subs = parse_subs(&v(&["memory,pids:a/b", "c"])).unwrap();
+        assert_eq!(subs[0].controllers, vec!["memory", "pids"]);
+        assert_eq!(subs[0].path, PathBuf::from("a/b"));
+        assert!(subs[1].controllers.is_empty());
+        assert!(parse_subs(&v(&["../x"])).is_err());
+        assert!(parse_subs(&v(&["memory:"])).is_err());
+        assert!(parse_subs(&v(&["a", "b"])).is_err());
     }
     #[test]
     fn paths() {

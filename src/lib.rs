@@ -4,7 +4,8 @@
 //! 1. the CLI (`main.rs`, `cli/`),
 //! 2. the container lifecycle (`container`),
 //! 3. process setup (`process`),
-//! 4. the subsystems (`rootfs`, `namespaces`, `cgroups`, `hooks`, `seccomp`, `ub`, `disk`),
+//! 4. the subsystems (`rootfs`, `namespaces`, `cgroups`, `hooks`, `seccomp`, `ub`, `disk`,
+//!    `net`),
 //! 5. syscall wrappers, in-rootfs paths, the bundle, the state store (`sys`, `safe_path`,
 //!    `bundle`, `state`, `signal`).
 
@@ -14,6 +15,7 @@ pub mod container;
 pub mod disk;
 pub mod hooks;
 pub mod namespaces;
+pub mod net;
 pub mod process;
 pub mod rootfs;
 pub mod safe_path;

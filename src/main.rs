@@ -97,7 +97,9 @@ fn features() -> serde_json::Value {
                 "operators": ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT",
                     "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
                 "archs": ["SCMP_ARCH_X86_64"],
-                "knownFlags": ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
+                // known = recognized (TSYNC and WAIT_KILLABLE_RECV are refused with an error)
+                "knownFlags": ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+                    "SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"],
                 "supportedFlags": ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"]
             },
             "apparmor": {"enabled": false},
@@ -125,11 +127,11 @@ fn run(cli: Cli) -> Result<i32> {
     };
     match cmd {
         Cmd::Create(a) => {
-            runvz::process::exe::ensure_sealed();
+            runvz::process::exe::ensure_sealed()?;
             container::create(&store, &a.id, &create_opts(&a)?)?;
         }
         Cmd::Run { create, detach, .. } => {
-            runvz::process::exe::ensure_sealed();
+            runvz::process::exe::ensure_sealed()?;
             let opts = RunOptions {
                 create: create_opts(&create)?,
                 detach,
@@ -137,7 +139,7 @@ fn run(cli: Cli) -> Result<i32> {
             return Ok(container::run(&store, &create.id, &opts)?);
         }
         Cmd::Exec(a) => {
-            runvz::process::exe::ensure_sealed();
+            runvz::process::exe::ensure_sealed()?;
             let process = match &a.process {
                 Some(p) => {
                     let data =
@@ -166,6 +168,7 @@ fn run(cli: Cli) -> Result<i32> {
                 caps: a.cap.clone(),
                 no_new_privs: a.no_new_privs,
                 preserve_fds: a.preserve_fds,
+                cgroups: a.cgroup.clone(),
             };
             return Ok(container::exec(&store, &a.id, &opts)?);
         }
@@ -182,6 +185,22 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("{}", serde_json::to_string(&pids)?);
             } else {
                 ps_table(&pids, &ps_args)?;
+            }
+        }
+        Cmd::Events {
+            stats,
+            interval,
+            id,
+        } => {
+            if stats {
+                let s = container::Event::Stats(Box::new(container::stats(&store, &id)?));
+                println!("{}", s.to_json(&id));
+            } else {
+                container::events(&store, &id, interval, |e| {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{}", e.to_json(&id))?;
+                    out.flush()
+                })?;
             }
         }
         Cmd::Features => println!("{}", serde_json::to_string_pretty(&features())?),

@@ -781,7 +781,18 @@ pub fn sysctls(spec: &Spec) -> Result<(), RootfsError> {
     let root = Root::open(Path::new("/proc/sys"))?;
     for (k, v) in map {
         let rel = PathBuf::from(k.replace('.', "/"));
-        let fd = root.open_no_symlinks(&rel, libc::O_WRONLY | libc::O_TRUNC)?;
+        // No O_TRUNC: nothing is changed before the file is known to be procfs's.
+        let fd = root.open_no_symlinks(&rel, libc::O_WRONLY)?;
+        // CVE-2025-52881: a mount over part of /proc/sys (a volume, a tmpfs) would take the
+        // write; only a file of procfs itself is written.
+        let on_procfs = nix::sys::statfs::fstatfs(&fd)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC);
+        if !on_procfs {
+            return Err(RootfsError::Unsafe(format!(
+                "linux.sysctl {k}: /proc/sys/{} is not a procfs file (something is mounted over it)",
+                rel.display()
+            )));
+        }
         nix::unistd::write(&fd, v.as_bytes()).map_err(|e| RootfsError::Other {
             what: format!("sysctl {k}={v}"),
             source: e.into(),

@@ -103,6 +103,10 @@ pub struct Record {
     /// The disk quota setup (`disk::Made`), recorded before each part of it is made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<serde_json::Value>,
+    /// Host network links the runtime makes for this container (recorded before they are
+    /// made; `delete` removes them, and with them their peers, routes and qdiscs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net_links: Vec<String>,
 }
 
 /// The runtime root directory (`--root`).
@@ -222,8 +226,8 @@ impl Store {
         }
     }
 
-    /// Remove staging directories of `id` whose creating process is gone (a `create` killed
-    /// inside `claim`). Called by `delete`, not by `create`: it reads the whole root, which a
+    /// Remove staging directories of `id` whose process is gone (a `create` killed inside
+    /// `claim`, a `delete` killed inside `Locked::remove`). Called by `delete`, not by `create`: it reads the whole root, which a
     /// create on a host with thousands of containers should not. Returns how many were removed.
     pub fn sweep_staging(&self, id: &str) -> usize {
         let prefix = format!(".{id}.");
@@ -235,7 +239,7 @@ impl Store {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(pid) = name
                 .strip_prefix(&prefix)
-                .and_then(|r| r.strip_suffix(".new"))
+                .and_then(|r| r.strip_suffix(".new").or_else(|| r.strip_suffix(".old")))
                 .and_then(|p| p.parse::<i32>().ok())
             else {
                 continue;
@@ -340,15 +344,26 @@ impl Locked {
         self.dir.join(FIFO)
     }
 
-    /// Remove the container's directory and everything in it.
+    /// Remove the container's directory and everything in it. The directory is first renamed
+    /// to a hidden `.ID.PID.old` in one step, so a runvz killed while removing it never leaves
+    /// an entry without its record (which `delete` could no longer find); `delete` sweeps what
+    /// such a kill leaves (see [`Store::sweep_staging`]).
     pub fn remove(self) -> Result<(), StateError> {
-        match fs::remove_dir_all(&self.dir) {
+        let io = |source| StateError::Io {
+            id: self.id.clone(),
+            source,
+        };
+        let parent = self.dir.parent().unwrap_or(Path::new("."));
+        let gone = parent.join(format!(".{}.{}.old", self.id, std::process::id()));
+        match fs::rename(&self.dir, &gone) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(e)),
+        }
+        match fs::remove_dir_all(&gone) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateError::Io {
-                id: self.id.clone(),
-                source,
-            }),
+            Err(e) => Err(io(e)),
         }
     }
 }
@@ -413,6 +428,7 @@ mod tests {
             config: None,
             ub: None,
             disk: None,
+            net_links: Vec::new(),
         };
         let l = store.claim("c1", &rec).unwrap();
         assert_eq!(store.read("c1").unwrap().id, "c1");
@@ -423,6 +439,19 @@ mod tests {
         l.remove().unwrap();
         assert!(matches!(store.read("c1"), Err(StateError::NotFound(_))));
         assert!(matches!(store.lock("c1"), Err(StateError::NotFound(_))));
+        // What a delete killed inside `remove` leaves (renamed away, half removed; its pid
+        // gone) is swept; a live process's is not.
+        let dead = root.join(format!(".c1.{}.old", i32::MAX));
+        let live = root.join(format!(".c1.{}.old", std::process::id()));
+        fs::create_dir_all(dead.join("sub")).unwrap();
+        fs::create_dir_all(&live).unwrap();
+        assert_eq!(store.sweep_staging("c1"), 1);
+        assert!(!dead.exists() && live.exists());
+        assert_eq!(
+            fs::read_dir(&root).unwrap().count(),
+            1,
+            "only the live one left"
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 }

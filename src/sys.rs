@@ -107,6 +107,43 @@ pub fn open_tree_clone(path: &Path) -> io::Result<OwnedFd> {
     check(ret).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// open_tree(2) with OPEN_TREE_CLONE | AT_EMPTY_PATH: a detached bind mount of exactly the
+/// object behind `fd` (no path lookup, so nothing can be swapped in between).
+pub fn open_tree_clone_fd(fd: &impl AsRawFd) -> io::Result<OwnedFd> {
+    let empty = c"";
+    // SAFETY: valid fd and C string; flags are plain integers.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) as libc::c_uint
+                | libc::AT_EMPTY_PATH as libc::c_uint,
+        )
+    };
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    check(ret).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// move_mount(2) of the detached mount `from` onto the object behind the O_PATH fd `to`.
+pub fn move_mount_fd(from: &impl AsRawFd, to: &impl AsRawFd) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    let empty = c"";
+    // SAFETY: valid fds and C strings; flags are plain integers.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            empty.as_ptr(),
+            to.as_raw_fd(),
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    check(ret).map(|_| ())
+}
+
 /// mount_setattr(2) on the mount behind `fd`, setting `attr_set` (MOUNT_ATTR_* flags).
 pub fn mount_setattr_fd(fd: &impl AsRawFd, attr_set: u64) -> io::Result<()> {
     #[repr(C)]

@@ -48,6 +48,18 @@ pub fn rootfs() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target/bundle/rootfs"))
 }
 
+/// True when the test rootfs has `bin/<tool>` (a helper built by hack/build-bundle); otherwise
+/// prints why `test` skips and returns false.
+pub fn rootfs_has_tool(tool: &str, test: &str) -> bool {
+    if rootfs().join("bin").join(tool).exists() {
+        return true;
+    }
+    note(&format!(
+        "SKIP {test}: no bin/{tool} in the rootfs (run hack/build-bundle)"
+    ));
+    false
+}
+
 /// Unique part of this test process, so concurrent suites do not see each other's containers.
 pub fn run_tag() -> String {
     format!("{ID_PREFIX}{}-", std::process::id())
@@ -167,6 +179,9 @@ pub struct Runtime {
     /// Where command output files go.
     pub scratch: PathBuf,
     pub timeout: Duration,
+    /// Run the runtime inside this network namespace (a path such as `/run/netns/NAME`,
+    /// entered with `nsenter --net`: only the network namespace changes).
+    pub netns: Option<PathBuf>,
 }
 
 impl Runtime {
@@ -215,6 +230,7 @@ impl Runtime {
             name,
             scratch: scratch.to_path_buf(),
             timeout: Duration::from_secs(timeout),
+            netns: None,
         })
     }
 
@@ -229,15 +245,23 @@ impl Runtime {
         let root = self.root.to_string_lossy().into_owned();
         full.push(&root);
         full.extend_from_slice(args);
-        self.exec(&full, None)
+        self.exec(&full, None, None)
+    }
+
+    /// `RUNTIME --root ROOT args...` with `input` on its stdin (e.g. `update --resources -`).
+    pub fn cmd_stdin(&self, args: &[&str], input: &[u8]) -> CmdOutput {
+        let root = self.root.to_string_lossy().into_owned();
+        let mut full: Vec<&str> = vec!["--root", &root];
+        full.extend_from_slice(args);
+        self.exec(&full, None, Some(input))
     }
 
     /// `RUNTIME args...` without `--root` (e.g. `--version`, `spec`), in directory `dir`.
     pub fn cmd_raw(&self, args: &[&str], dir: Option<&Path>) -> CmdOutput {
-        self.exec(args, dir)
+        self.exec(args, dir, None)
     }
 
-    fn exec(&self, args: &[&str], dir: Option<&Path>) -> CmdOutput {
+    fn exec(&self, args: &[&str], dir: Option<&Path>, input: Option<&[u8]>) -> CmdOutput {
         let n = CMD_SEQ.fetch_add(1, Ordering::SeqCst);
         let out_path = self.scratch.join(format!("cmd-{n}.out"));
         let err_path = self.scratch.join(format!("cmd-{n}.err"));
@@ -249,9 +273,28 @@ impl Runtime {
             .unwrap_or_else(|e| panic!("create {}: {e}", out_path.display()));
         let err = fs::File::create(&err_path)
             .unwrap_or_else(|e| panic!("create {}: {e}", err_path.display()));
-        let mut c = Command::new(&self.bin);
+        let stdin = match input {
+            Some(data) => {
+                let in_path = self.scratch.join(format!("cmd-{n}.in"));
+                fs::write(&in_path, data)
+                    .unwrap_or_else(|e| panic!("write {}: {e}", in_path.display()));
+                Stdio::from(
+                    fs::File::open(&in_path)
+                        .unwrap_or_else(|e| panic!("open {}: {e}", in_path.display())),
+                )
+            }
+            None => Stdio::null(),
+        };
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         c.args(args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
         if let Some(d) = dir {
@@ -321,6 +364,93 @@ impl Runtime {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A `--console-socket` listener: `accept_master` returns the pty master the runtime sends.
+pub struct ConsoleSocket {
+    pub path: PathBuf,
+    listener: std::os::unix::net::UnixListener,
+}
+
+impl ConsoleSocket {
+    pub fn bind(dir: &Path) -> ConsoleSocket {
+        let path = dir.join("console.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path)
+            .unwrap_or_else(|e| panic!("bind {}: {e}", path.display()));
+        listener.set_nonblocking(true).expect("nonblocking");
+        ConsoleSocket { path, listener }
+    }
+
+    pub fn path_str(&self) -> String {
+        self.path.to_string_lossy().into_owned()
+    }
+
+    /// Waits up to `timeout` for a connection and receives the fd sent with SCM_RIGHTS.
+    pub fn accept_master(&self, timeout: Duration) -> std::os::fd::OwnedFd {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let end = Instant::now() + timeout;
+        let conn = loop {
+            match self.listener.accept() {
+                Ok((c, _)) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < end => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("no connection on the console socket: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).expect("blocking");
+        let mut data = [0u8; 4096];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        let mut cmsg = [0u64; 8];
+        // SAFETY: a zeroed msghdr is valid; the pointers below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cmsg);
+        // SAFETY: recvmsg on a connected socket with the buffers set up above.
+        let n = unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
+        // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR/CMSG_DATA stay within msg_control.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            assert!(
+                !c.is_null() && (*c).cmsg_type == libc::SCM_RIGHTS,
+                "no fd was sent on the console socket"
+            );
+            let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const i32);
+            std::os::fd::OwnedFd::from_raw_fd(fd)
+        }
+    }
+}
+
+/// Reads what a pty master has (until `needle` shows up or `timeout`).
+pub fn read_pty_until(master: &std::os::fd::OwnedFd, needle: &str, timeout: Duration) -> String {
+    use std::os::fd::AsRawFd;
+    let end = Instant::now() + timeout;
+    let mut out = String::new();
+    while !out.contains(needle) && Instant::now() < end {
+        let mut pfd = libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polling one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
+            continue;
+        }
+        let mut buf = [0u8; 4096];
+        // SAFETY: reading into a buffer of its own length from an fd we own.
+        let n = unsafe { libc::read(master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        out.push_str(&String::from_utf8_lossy(&buf[..n as usize]));
+    }
+    out
 }
 
 fn shell_quote(s: &str) -> String {

@@ -105,9 +105,12 @@ pub struct ExecArgs {
     pub cap: Vec<String>,
     #[arg(long = "preserve-fds", default_value_t = 0)]
     pub preserve_fds: i32,
-    /// Accepted for runc compatibility: the process joins the container's cgroup.
+    /// Join an existing sub-cgroup of the container's cgroup: [CONTROLLER[,CONTROLLER]:]PATH
+    /// (repeatable).
     #[arg(long)]
     pub cgroup: Vec<String>,
+    /// Accepted for runc compatibility; exec into a paused container is refused all the same
+    /// (the process would start frozen).
     #[arg(long = "ignore-paused")]
     pub ignore_paused: bool,
     pub id: String,
@@ -308,6 +311,17 @@ pub enum Cmd {
     },
     /// Print the OCI features document: what this runtime supports.
     Features,
+    /// Report the container's resource usage (every --interval, or once with --stats) and its
+    /// OOM kills, as runc's JSON events, until it stops.
+    Events {
+        /// Print one stats event and exit.
+        #[arg(long)]
+        stats: bool,
+        /// Time between stats events (a Go duration: 5s, 500ms, 1m).
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        interval: std::time::Duration,
+        id: String,
+    },
     /// Start a created container.
     Start { id: String },
     /// Print the state of a container as JSON.
@@ -365,6 +379,44 @@ pub enum Cmd {
         #[arg(short = 'b', long, default_value = ".")]
         bundle: PathBuf,
     },
+}
+
+/// A Go duration as runc's flags take it (`5s`, `1.5s`, `500ms`, `1m30s`); it must be positive.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("invalid duration {s:?}: expected e.g. 5s, 500ms or 1m");
+    let mut rest = s.trim();
+    let mut total = 0f64;
+    if rest == "0" {
+        return Err("duration interval must be greater than 0".into());
+    }
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let value: f64 = rest[..n].parse().map_err(|_| bad())?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..u] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * unit;
+        rest = &rest[u..];
+    }
+    if total <= 0.0 || !total.is_finite() {
+        return Err("duration interval must be greater than 0".into());
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
 }
 
 /// A byte size as runc takes it: a number with an optional k/m/g/t (powers of 1024), or -1.
@@ -517,6 +569,8 @@ const LONG: &[&str] = &[
     "no-new-privs",
     "cap",
     "cgroup",
+    "stats",
+    "interval",
     "ignore-paused",
     "help",
 ];
@@ -608,6 +662,16 @@ pub fn normalize_args(args: Vec<String>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn go_durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("0").unwrap_err().contains("greater than 0"));
+        assert!(parse_duration("5").is_err() && parse_duration("x").is_err());
+    }
     #[test]
     fn single_dash_long_flags() {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();

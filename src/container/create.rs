@@ -48,6 +48,9 @@ fn abandon(locked: Locked, cgroup: Option<&Cgroup>, pid: i32, rec: &Record) {
             tracing::warn!("cleaning up after failed create: {e}");
         }
     }
+    if let Err(e) = crate::net::teardown(&rec.id, &rec.net_links) {
+        tracing::warn!("cleaning up after failed create: {e}");
+    }
     if rec.host_mounts {
         if let Err(e) = crate::rootfs::unmount_under(&rec.rootfs) {
             tracing::warn!("cleaning up after failed create: {e}");
@@ -101,6 +104,8 @@ pub(super) fn create_with_console(
     for w in ub_plan.overrides.iter().chain(&ub_plan.warnings) {
         tracing::warn!("{w}");
     }
+    // io.runvz.net.*: parsed here; the host is checked just before the record is made.
+    let net = crate::net::Plan::from_spec(&b.spec)?;
     let linux = b.spec.linux().as_ref();
     let cgroup_path = cgroups::path_for(linux.and_then(|l| l.cgroups_path().as_deref()), id)?;
     let plan = Plan::from_spec(&b.spec);
@@ -138,6 +143,9 @@ pub(super) fn create_with_console(
         Some(s) => Some(crate::seccomp::compile(s)?),
         None => None,
     };
+    if let Some(n) = &net {
+        n.preflight(id)?;
+    }
     // Everything the user can get wrong is checked above; from here on we make things.
     let me = nix::unistd::getpid().as_raw();
     let mut rec = Record {
@@ -160,6 +168,7 @@ pub(super) fn create_with_console(
             .then(|| serde_json::to_value(&ub_settings).ok())
             .flatten(),
         disk: None,
+        net_links: net.as_ref().map(|n| n.host_links(id)).unwrap_or_default(),
     };
     let mut disk_made = disk_plan
         .as_ref()
@@ -218,7 +227,12 @@ pub(super) fn create_with_console(
         Event::InitPid(pid) => {
             rec.pid = pid;
             rec.pid_start = sys::proc_start_time(pid).map(|s| s.0).unwrap_or(0);
-            locked.write(&rec).map_err(|e| e.to_string())
+            locked.write(&rec).map_err(|e| e.to_string())?;
+            // The init waits for our go-ahead: its network exists before any hook runs.
+            match &net {
+                Some(n) => n.setup(id, pid).map_err(|e| e.to_string()),
+                None => Ok(()),
+            }
         }
         Event::HooksRuntime(pid) => {
             let st = hooks::state_json(spec, id, "creating", pid, &b.dir);

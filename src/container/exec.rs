@@ -28,6 +28,8 @@ pub struct ExecOptions<'a> {
     pub caps: Vec<String>,
     pub no_new_privs: bool,
     pub preserve_fds: i32,
+    /// `--cgroup [CONTROLLERS:]PATH`: sub-cgroups of the container's cgroup to join.
+    pub cgroups: Vec<String>,
 }
 
 fn config_err(id: &str, what: impl std::fmt::Display) -> ContainerError {
@@ -120,7 +122,11 @@ pub fn exec(store: &Store, id: &str, o: &ExecOptions) -> Result<i32, ContainerEr
         return Err(ContainerError::WrongState {
             id: id.into(),
             status: st,
-            what: "container not running".into(),
+            what: if st == Status::Paused {
+                "cannot exec in a paused container (resume it first)".into()
+            } else {
+                "container not running".into()
+            },
         });
     }
     let spec: Spec = c
@@ -130,6 +136,7 @@ pub fn exec(store: &Store, id: &str, o: &ExecOptions) -> Result<i32, ContainerEr
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .ok_or_else(|| config_err(id, "no recorded config"))?;
     let process = build_process(id, &spec, o)?;
+    let subs = crate::cgroups::parse_subs(&o.cgroups)?;
     let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         Some(s) => Some(crate::seccomp::compile(s)?),
         None => None,
@@ -180,6 +187,7 @@ pub fn exec(store: &Store, id: &str, o: &ExecOptions) -> Result<i32, ContainerEr
         seccomp: seccomp.as_ref(),
         console: console.as_ref().map(|c| c.as_raw_fd()),
         preserve_fds: o.preserve_fds,
+        cgroup_subs: &subs,
     };
     let cg = c.cgroup();
     let master = match &ours {

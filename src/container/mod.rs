@@ -1,15 +1,18 @@
-//! The container lifecycle: `create`, `start`, `state`, `kill`, `delete`, `run`, `list`.
+//! The container lifecycle: `create`, `start`, `state`, `kill`, `delete`, `run`, `list`,
+//! `events`.
 //!
 //! A container's truth is split in two: what the runtime recorded (`state::Record`) and what
 //! the kernel says (is the init alive, is it the same process). `Container::status` combines
 //! them, so a crashed runtime or a killed container never leaves a status that lies.
 
 mod create;
+mod events;
 mod exec;
 mod ops;
 mod ub;
 
 pub use create::{create, CreateOptions};
+pub use events::{events, stats, Event};
 pub use exec::{exec, ExecOptions};
 pub use ops::{delete, kill, list, pause, pids, run, start, state, RunOptions};
 pub use ub::{beancounters, set, update};
@@ -39,6 +42,8 @@ pub enum ContainerError {
     Ub(#[from] crate::ub::UbError),
     #[error(transparent)]
     Disk(#[from] crate::disk::DiskError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     #[error("{0}")]
     InvalidId(String),
     #[error("{0}")]
@@ -86,14 +91,7 @@ pub(crate) fn lock_live(
         rec: locked.read()?,
         dir: locked.dir.clone(),
     };
-    let st = c.status();
-    if matches!(st, Status::Stopped | Status::Creating) {
-        return Err(ContainerError::WrongState {
-            id: id.into(),
-            status: st,
-            what: "container not running".into(),
-        });
-    }
+    c.require_live()?;
     Ok((locked, c))
 }
 
@@ -104,6 +102,19 @@ impl Container {
             rec,
             dir: store.root().join(id),
         })
+    }
+
+    /// An error unless the container is created, running or paused.
+    pub(crate) fn require_live(&self) -> Result<(), ContainerError> {
+        let st = self.status();
+        if matches!(st, Status::Stopped | Status::Creating) {
+            return Err(ContainerError::WrongState {
+                id: self.rec.id.clone(),
+                status: st,
+                what: "container not running".into(),
+            });
+        }
+        Ok(())
     }
 
     /// The status derived from the record and the live process.

@@ -150,7 +150,15 @@ pub fn kill(store: &Store, id: &str, sig: Signal, all: bool) -> Result<(), Conta
             return Ok(());
         }
     }
-    signal_init(&c, sig)
+    signal_init(&c, sig)?;
+    // A frozen init cannot die: after SIGKILL thaw it, as runc does (containerd's `task kill -s
+    // SIGKILL` of a paused task would leave it paused forever).
+    if st == Status::Paused && sig == Signal::SIGKILL {
+        if let Some(cg) = c.cgroup() {
+            let _ = cg.freeze(false);
+        }
+    }
+    Ok(())
 }
 
 /// Signal the init through a pidfd, after checking it is still the same process.
@@ -203,7 +211,9 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), ContainerError
     // A create killed before its record was in place leaves only a staging directory.
     let swept = store.sweep_staging(id);
     let locked = match store.lock(id) {
-        Err(crate::state::StateError::NotFound(_)) if swept > 0 => return Ok(()),
+        // `delete --force` of a missing container succeeds, as runc's does: Podman cleans up a
+        // failed create that way and would report the "does not exist" over the real error.
+        Err(crate::state::StateError::NotFound(_)) if swept > 0 || force => return Ok(()),
         other => other?,
     };
     let c = Container {
@@ -248,6 +258,9 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), ContainerError
             source: std::io::Error::from_raw_os_error(libc::EBUSY),
         });
     }
+    // The init is gone, and with its namespace the container ends of the veth pairs: remove
+    // the host ends that remain (and their routes and qdiscs).
+    crate::net::teardown(id, &c.rec.net_links)?;
     if c.rec.host_mounts {
         crate::rootfs::unmount_under(&c.rec.rootfs).map_err(|e| ContainerError::Io {
             id: id.into(),

@@ -25,33 +25,42 @@ fn on_readonly_mount(fd: &impl AsRawFd) -> bool {
     r == 0 && st.f_flag & libc::ST_RDONLY != 0
 }
 
+/// Why the runvz binary could not be sealed; runvz then refuses to enter a container.
+#[derive(Debug, thiserror::Error)]
+pub enum ExeError {
+    #[error("cannot protect the runvz binary (CVE-2019-5736): {step}: {source}")]
+    Seal {
+        step: &'static str,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot protect the runvz binary (CVE-2019-5736): still not on a read-only mount after re-executing"
+    )]
+    StillWritable,
+}
+
+fn seal_err(step: &'static str) -> impl FnOnce(std::io::Error) -> ExeError {
+    move |source| ExeError::Seal { step, source }
+}
+
 /// Make sure this process runs from a read-only mount of its binary, re-executing if needed.
-/// Returns only when that holds (or when it cannot be arranged, which is logged).
-pub fn ensure_sealed() {
+/// Returns `Ok` only when that holds: runvz never forks into a container from a writable
+/// binary (fail closed, unlike a warning that an attacker could provoke).
+pub fn ensure_sealed() -> Result<(), ExeError> {
     let exe = Path::new("/proc/self/exe");
-    if let Ok(fd) = sys::open(exe, libc::O_PATH, 0) {
-        if on_readonly_mount(&fd) {
-            std::env::remove_var(MARK);
-            return;
-        }
+    let fd = sys::open(exe, libc::O_PATH, 0).map_err(seal_err("opening /proc/self/exe"))?;
+    if on_readonly_mount(&fd) {
+        std::env::remove_var(MARK);
+        return Ok(());
     }
     if std::env::var_os(MARK).is_some() {
-        // We were re-executed and still are not read-only: do not loop.
-        std::env::remove_var(MARK);
-        tracing::warn!("could not run from a read-only copy of the runvz binary");
-        return;
+        // Re-executed (or told so by the caller's environment) and still not read-only: the
+        // mark only stops a loop, it never lets runvz go on unsealed.
+        return Err(ExeError::StillWritable);
     }
-    let clone = match sys::open_tree_clone(exe) {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::warn!("open_tree of the runvz binary: {e}");
-            return;
-        }
-    };
-    if let Err(e) = sys::mount_setattr_fd(&clone, libc::MOUNT_ATTR_RDONLY) {
-        tracing::warn!("making the runvz binary's mount read-only: {e}");
-        return;
-    }
+    let clone = sys::open_tree_clone(exe).map_err(seal_err("open_tree of the binary"))?;
+    sys::mount_setattr_fd(&clone, libc::MOUNT_ATTR_RDONLY)
+        .map_err(seal_err("making the binary's mount read-only"))?;
     let args: Vec<CString> = std::env::args_os()
         .filter_map(|a| CString::new(a.as_bytes()).ok())
         .collect();
@@ -72,5 +81,12 @@ pub fn ensure_sealed() {
         nix::fcntl::AtFlags::AT_EMPTY_PATH,
     );
     std::env::remove_var(MARK);
-    tracing::warn!("re-executing from a read-only copy of the runvz binary: {err:?}");
+    let errno = match err {
+        Err(e) => e as i32,
+        Ok(_) => libc::EINVAL,
+    };
+    Err(ExeError::Seal {
+        step: "re-executing from the read-only mount",
+        source: std::io::Error::from_raw_os_error(errno),
+    })
 }

@@ -25,6 +25,8 @@ pub struct ExecConfig<'a> {
     pub seccomp: Option<&'a crate::seccomp::Compiled>,
     pub console: Option<RawFd>,
     pub preserve_fds: i32,
+    /// Sub-cgroups of the container's cgroup to join (`--cgroup`).
+    pub cgroup_subs: &'a [crate::cgroups::SubCgroup],
 }
 
 /// The namespaces of `pid` that differ from ours, user namespace first; `pid` last but one
@@ -71,14 +73,22 @@ pub fn spawn(cfg: &ExecConfig, cgroup: Option<&Cgroup>) -> Result<i32, ProcessEr
         intermediate(cfg, &child, ns)
     })?;
     drop(child);
-    let res = drive(&parent, inter, cgroup);
+    let res = drive(&parent, inter, cgroup, cfg.cgroup_subs);
     let _ = waitpid(inter, None);
     res
 }
 
-fn drive(chan: &Channel, inter: Pid, cgroup: Option<&Cgroup>) -> Result<i32, ProcessError> {
+fn drive(
+    chan: &Channel,
+    inter: Pid,
+    cgroup: Option<&Cgroup>,
+    subs: &[crate::cgroups::SubCgroup],
+) -> Result<i32, ProcessError> {
     if let Some(cg) = cgroup {
-        if let Err(e) = cg.add(inter.as_raw()) {
+        if let Err(e) = cg
+            .add(inter.as_raw())
+            .and_then(|()| cg.add_to_subs(inter.as_raw(), subs))
+        {
             let _ = nix::sys::signal::kill(inter, nix::sys::signal::SIGKILL);
             return Err(e.into());
         }
@@ -137,6 +147,7 @@ fn intermediate(
             let opts = user_process::Options {
                 seccomp: cfg.seccomp,
                 console: cfg.console,
+                bind_console: false,
                 preserve_fds: cfg.preserve_fds,
                 setgroups_allowed,
             };

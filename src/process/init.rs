@@ -41,13 +41,13 @@ pub fn run(cfg: &InitConfig, chan: &Channel, fifo: OwnedFd) -> ! {
 }
 
 /// What the init does at `start`: the startContainer hooks, then the user's program.
-struct Start {
-    exec: user_process::Exec,
+struct Start<'a> {
+    exec: user_process::Exec<'a>,
     start_hooks: Vec<oci_spec::runtime::Hook>,
     start_state: String,
 }
 
-fn setup(cfg: &InitConfig, chan: &Channel) -> Result<Option<Start>, InitError> {
+fn setup<'a>(cfg: &InitConfig<'a>, chan: &Channel) -> Result<Option<Start<'a>>, InitError> {
     let spec = cfg.spec;
     let _ = nix::unistd::setsid();
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
@@ -110,6 +110,7 @@ fn setup(cfg: &InitConfig, chan: &Channel) -> Result<Option<Start>, InitError> {
         &user_process::Options {
             seccomp: cfg.seccomp,
             console: cfg.console,
+            bind_console: true,
             preserve_fds: cfg.preserve_fds,
             setgroups_allowed,
         },

@@ -29,7 +29,14 @@ fn last(what: &'static str) -> TtyError {
 
 /// Make a pty in the container, send its master over `socket`, and make the slave the
 /// controlling terminal and stdio of the calling process (which must lead its session).
-pub fn setup_console(socket: RawFd, uid: u32, size: Option<(u16, u16)>) -> Result<(), TtyError> {
+/// With `bind_console` (the container's init), the slave is also bind-mounted onto
+/// `/dev/console`, as the OCI spec asks.
+pub fn setup_console(
+    socket: RawFd,
+    uid: u32,
+    size: Option<(u16, u16)>,
+    bind_console: bool,
+) -> Result<(), TtyError> {
     let master = crate::sys::open(
         std::path::Path::new("/dev/ptmx"),
         libc::O_RDWR | libc::O_NOCTTY,
@@ -67,6 +74,9 @@ pub fn setup_console(socket: RawFd, uid: u32, size: Option<(u16, u16)>) -> Resul
     // The process's user owns its terminal.
     // SAFETY: fchown on an fd we own.
     unsafe { libc::fchown(slave.as_raw_fd(), uid, u32::MAX) };
+    if bind_console {
+        mount_console(&slave)?;
+    }
     let fds = [master.as_raw_fd()];
     let cmsg = [ControlMessage::ScmRights(&fds)];
     let name = b"/dev/ptmx";
@@ -87,6 +97,91 @@ pub fn setup_console(socket: RawFd, uid: u32, size: Option<(u16, u16)>) -> Resul
         return Err(last("making the pty the controlling terminal"));
     }
     Ok(())
+}
+
+/// Bind the pty slave onto the container's `/dev/console` (CVE-2025-52565: the target is
+/// opened without following any symlink and must be a regular file or a character device; it
+/// is created in `/dev` when missing; the mount goes through fds, no path is looked up twice).
+/// A read-only `/dev` without a console file is left as it is.
+fn mount_console(slave: &OwnedFd) -> Result<(), TtyError> {
+    let root =
+        crate::safe_path::Root::open(std::path::Path::new("/")).map_err(|e| TtyError::Io {
+            what: "opening / for /dev/console",
+            source: io::Error::other(e.to_string()),
+        })?;
+    let dev = root
+        .open_no_symlinks(
+            std::path::Path::new("/dev"),
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .map_err(|e| TtyError::Io {
+            what: "opening /dev for /dev/console",
+            source: io::Error::other(e.to_string()),
+        })?;
+    let name = c"console";
+    let open_target = || {
+        // SAFETY: valid dir fd and C string.
+        let fd = unsafe {
+            libc::openat(
+                dev.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            // SAFETY: a new fd that nothing else owns.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        }
+    };
+    let target = match open_target() {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            // SAFETY: valid dir fd and C string; O_EXCL|O_NOFOLLOW never follow a symlink.
+            let fd = unsafe {
+                libc::openat(
+                    dev.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_NOFOLLOW
+                        | libc::O_WRONLY
+                        | libc::O_CLOEXEC,
+                    0o666 as libc::c_uint,
+                )
+            };
+            if fd < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EROFS) {
+                    return Ok(());
+                }
+                return Err(TtyError::Io {
+                    what: "creating /dev/console",
+                    source: e,
+                });
+            }
+            // SAFETY: a new fd that nothing else owns; closed at once.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            open_target().map_err(err("opening /dev/console"))?
+        }
+        Err(e) => {
+            return Err(TtyError::Io {
+                what: "opening /dev/console",
+                source: e,
+            })
+        }
+    };
+    let st = crate::sys::fstat(&target).map_err(err("stat of /dev/console"))?;
+    let kind = st.st_mode & libc::S_IFMT;
+    if kind != libc::S_IFREG && kind != libc::S_IFCHR {
+        return Err(TtyError::Io {
+            what: "/dev/console must be a file or a character device, not a symlink or directory",
+            source: io::Error::from_raw_os_error(libc::EINVAL),
+        });
+    }
+    let tree = crate::sys::open_tree_clone_fd(slave).map_err(err("cloning the pty slave"))?;
+    crate::sys::move_mount_fd(&tree, &target).map_err(err("mounting the pty on /dev/console"))
 }
 
 /// Receive a pty master sent with SCM_RIGHTS on `sock`.

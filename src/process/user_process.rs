@@ -37,20 +37,25 @@ pub struct Options<'a> {
     pub seccomp: Option<&'a Compiled>,
     /// A connected socket to send the pty master to (process.terminal).
     pub console: Option<RawFd>,
+    /// Bind the terminal onto /dev/console (the container's init, not `exec`).
+    pub bind_console: bool,
     pub preserve_fds: i32,
     /// setgroups(2) is allowed (not denied in this user namespace).
     pub setgroups_allowed: bool,
 }
 
-/// The program to exec, ready as C strings.
-pub struct Exec {
+/// The program to exec, ready as C strings, and the seccomp filter still to install right
+/// before the execve (with no_new_privs: then the runtime's own last syscalls — the ready
+/// message, waiting for `start`, startContainer hooks — need not be allowed by the profile).
+pub struct Exec<'a> {
     path: CString,
     args: Vec<CString>,
     env: Vec<CString>,
+    late_seccomp: Option<&'a Compiled>,
 }
 
 /// Everything up to the execve, in the calling (already namespaced) process.
-pub fn prepare(p: &Process, o: &Options) -> Result<Exec, UserProcessError> {
+pub fn prepare<'a>(p: &Process, o: &Options<'a>) -> Result<Exec<'a>, UserProcessError> {
     if p.terminal().unwrap_or(false) {
         let sock = o
             .console
@@ -58,7 +63,7 @@ pub fn prepare(p: &Process, o: &Options) -> Result<Exec, UserProcessError> {
         let size = p
             .console_size()
             .map(|b| (b.height() as u16, b.width() as u16));
-        tty::setup_console(sock, p.user().uid(), size)?;
+        tty::setup_console(sock, p.user().uid(), size, o.bind_console)?;
         // SAFETY: the console socket is ours and no longer needed.
         unsafe { libc::close(sock) };
     }
@@ -76,7 +81,11 @@ pub fn prepare(p: &Process, o: &Options) -> Result<Exec, UserProcessError> {
     for fd in 3..first as i32 {
         sys::clear_cloexec(fd).map_err(|e| msg(format!("--preserve-fds: fd {fd}: {e}")))?;
     }
-    let exec = resolve(p)?;
+    let mut exec = resolve(p)?;
+    // Before any filter: a profile need not allow umask (nix would panic on its errno).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+        p.user().umask().unwrap_or(0o022) as _,
+    ));
     // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it while we are root.
     if let (Some(sc), false) = (o.seccomp, nnp) {
         sc.install()?;
@@ -88,28 +97,39 @@ pub fn prepare(p: &Process, o: &Options) -> Result<Exec, UserProcessError> {
     if !cwd_done {
         enter_cwd(p.cwd())?;
     }
-    // With no_new_privs the filter goes on as late as possible, after our own syscalls.
-    if let (Some(sc), true) = (o.seccomp, nnp) {
-        sc.install()?;
+    // With no_new_privs the filter goes on as late as possible: right before the execve.
+    if nnp {
+        exec.late_seccomp = o.seccomp;
     }
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
-        p.user().umask().unwrap_or(0o022) as _,
-    ));
     Ok(exec)
+}
+
+/// Install the late seccomp filter (if any) and execve the program; returns only on failure,
+/// with the reason and whether the program was missing.
+fn install_and_exec(e: &Exec) -> (String, bool) {
+    if let Some(sc) = e.late_seccomp {
+        if let Err(err) = sc.install() {
+            return (err.to_string(), false);
+        }
+    }
+    let err = nix::unistd::execve(&e.path, &e.args, &e.env).unwrap_err();
+    (
+        format!("exec {}: {err}", e.path.to_string_lossy()),
+        err == nix::Error::ENOENT,
+    )
 }
 
 /// execve the program; returns only on failure, with the reason.
 pub fn try_exec(e: &Exec) -> String {
-    let err = nix::unistd::execve(&e.path, &e.args, &e.env).unwrap_err();
-    format!("exec {}: {err}", e.path.to_string_lossy())
+    install_and_exec(e).0
 }
 
 /// execve the program; on failure say why on stderr and exit 127/126.
 pub fn exec(e: &Exec) -> ! {
-    let err = nix::unistd::execve(&e.path, &e.args, &e.env).unwrap_err();
-    eprintln!("runvz: exec {}: {err}", e.path.to_string_lossy());
+    let (err, missing) = install_and_exec(e);
+    eprintln!("runvz: {err}");
     // SAFETY: _exit in a forked child, skipping the parent's destructors.
-    unsafe { libc::_exit(if err == nix::Error::ENOENT { 127 } else { 126 }) }
+    unsafe { libc::_exit(if missing { 127 } else { 126 }) }
 }
 
 /// chdir into the configured cwd and make sure it is inside the container: a cwd reached
@@ -138,10 +158,14 @@ fn cstring(s: &str, what: &str) -> Result<CString, UserProcessError> {
 }
 
 /// The program's path (looked up in the process's own PATH) and its argv/envp.
-fn resolve(p: &Process) -> Result<Exec, UserProcessError> {
+fn resolve<'a>(p: &Process) -> Result<Exec<'a>, UserProcessError> {
     let args = p.args().as_deref().unwrap_or(&[]);
     let prog = args.first().ok_or_else(|| msg("process.args is empty"))?;
-    let env: Vec<String> = p.env().clone().unwrap_or_default();
+    let mut env: Vec<String> = p.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        // As runc: HOME from the container's passwd entry of the user, "/" without one.
+        env.push(format!("HOME={}", identity::home_of(p.user().uid())));
+    }
     let path: PathBuf = if prog.contains('/') {
         PathBuf::from(prog)
     } else {
@@ -159,11 +183,20 @@ fn resolve(p: &Process) -> Result<Exec, UserProcessError> {
                 ))
             })?
     };
-    if !path.exists() {
+    // Checked before `start`, as runc does: a missing or non-executable program (a directory,
+    // a file without x bits) fails the create, and the engine reports it then.
+    let errno = if !path.exists() {
+        libc::ENOENT
+    } else if !is_executable(&path) {
+        libc::EACCES
+    } else {
+        0
+    };
+    if errno != 0 {
         return Err(msg(format!(
             "exec: {}: {}",
             path.display(),
-            io::Error::from_raw_os_error(libc::ENOENT)
+            io::Error::from_raw_os_error(errno)
         )));
     }
     Ok(Exec {
@@ -177,5 +210,6 @@ fn resolve(p: &Process) -> Result<Exec, UserProcessError> {
             .iter()
             .map(|e| cstring(e, "process.env"))
             .collect::<Result<_, _>>()?,
+        late_seccomp: None,
     })
 }

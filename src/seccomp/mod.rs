@@ -66,7 +66,7 @@ fn action(a: LinuxSeccompAction, errno_ret: Option<u32>) -> Result<SeccompAction
         }
         other => {
             return Err(SeccompError::Unsupported(format!(
-                "action {other:?} is not supported"
+                "action {other} is not supported"
             )))
         }
     })
@@ -175,7 +175,7 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Compiled, SeccompError> {
             }
             other => {
                 return Err(SeccompError::Unsupported(format!(
-                    "flag {other:?} is not supported"
+                    "flag {other} is not supported"
                 )))
             }
         };

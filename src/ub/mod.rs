@@ -451,18 +451,8 @@ pub fn set_one(st: &mut Settings, key: &str, value: &str) -> Result<(), UbError>
                 v => return Err(bad(&full, format!("{v:?} is not true or false"))),
             })
         }
-        "net.venet" | "net.veth" | "net.rate" => {
-            return Err(UbError::NotYet {
-                key: full,
-                what: "runtime networking",
-            })
-        }
-        k if k.starts_with("net.veth.") => {
-            return Err(UbError::NotYet {
-                key: full,
-                what: "runtime networking",
-            })
-        }
+        // Networking is parsed and checked by `net`.
+        k if k.starts_with("net.") => {}
         _ => {
             return Err(bad(
                 &full,

@@ -115,7 +115,6 @@ fn errors_name_the_key() {
         ("io.runvz.diskinodes", "1K", "takes no size suffix"),
         ("io.runvz.disk.backend", "zfs", "not auto, btrfs or image"),
         ("io.runvz.disk.ephemeral", "yes", "not true or false"),
-        ("io.runvz.net.venet", "10.0.0.1", "not implemented yet"),
     ];
     for (k, v, want) in cases {
         let e = from_annotations(&ann(&[(k, v)])).unwrap_err().to_string();

@@ -159,6 +159,10 @@ fn pause_and_resume_freeze_the_container() {
         );
     }
     t.rt.cmd(&["pause", &b.id]).fails();
+    // no exec into a frozen container (runc: "use --ignore-paused to override")
+    t.rt.cmd(&["exec", &b.id, "true"])
+        .fails()
+        .stderr_has("paused");
     t.rt.cmd(&["resume", &b.id]).ok();
     assert_eq!(t.rt.status(&b.id), "running");
     if v1 {
@@ -168,6 +172,21 @@ fn pause_and_resume_freeze_the_container() {
         );
     }
     t.rt.cmd(&["resume", &b.id]).fails();
+}
+
+// containerd's `task kill -s SIGKILL` of a paused task: runc thaws after SIGKILL so the init dies.
+#[test]
+fn sigkill_of_a_paused_container_stops_it() {
+    let t = setup!("pause-kill");
+    let b = running(&t);
+    t.rt.cmd(&["pause", &b.id]).ok();
+    t.rt.cmd(&["kill", &b.id, "KILL"]).ok();
+    assert_eq!(
+        t.rt.wait_status(&b.id, "stopped", std::time::Duration::from_secs(10)),
+        "stopped",
+        "a paused container survived SIGKILL"
+    );
+    t.rt.cmd(&["delete", &b.id]).ok();
 }
 
 #[test]
