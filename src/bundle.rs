@@ -62,7 +62,13 @@ impl Bundle {
         let cfg = dir.join("config.json");
         let data = std::fs::read(&cfg)
             .map_err(|e| BundleError::Bundle(dir.clone(), format!("config.json: {e}")))?;
-        let spec = parse(&data)?;
+        Bundle::from_bytes(dir, &data)
+    }
+
+    /// Parse and validate the bytes of a config.json as `load` does, for a bundle in the
+    /// (canonical) directory `dir`. Reads nothing but metadata of the paths it names.
+    pub fn from_bytes(dir: PathBuf, data: &[u8]) -> Result<Bundle, BundleError> {
+        let spec = parse(data)?;
         let rootfs = validate(&dir, &spec)?;
         Ok(Bundle { dir, spec, rootfs })
     }

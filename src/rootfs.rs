@@ -136,6 +136,15 @@ fn parse_options(dest: &Path, opts: &[String]) -> Result<MountOpts, RootfsError>
     Ok(m)
 }
 
+/// Check the options of every mount in `spec` as the container's setup will parse them, so
+/// that `create` refuses an unsupported option before anything is made. Pure.
+pub fn check_mount_options(spec: &Spec) -> Result<(), RootfsError> {
+    for m in spec.mounts().iter().flatten() {
+        parse_options(m.destination(), m.options().as_deref().unwrap_or(&[]))?;
+    }
+    Ok(())
+}
+
 fn propagation_flag(p: &str) -> Option<MsFlags> {
     Some(match p {
         "private" => MsFlags::MS_PRIVATE,

@@ -130,6 +130,8 @@ pub(super) fn create_with_console(
         Some(s) => Some(crate::seccomp::compile(s)?),
         None => None,
     };
+    crate::rootfs::check_mount_options(&b.spec)
+        .map_err(|e| ContainerError::Config(e.to_string()))?;
     // Everything the user can get wrong is checked above; from here on we make things.
     let me = nix::unistd::getpid().as_raw();
     let mut rec = Record {

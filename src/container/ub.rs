@@ -165,6 +165,19 @@ fn merge_json(base: &mut serde_json::Value, patch: &serde_json::Value) {
     }
 }
 
+/// The `linux.resources` document after `update` merged `patch` into `current`, and its
+/// parsed form; an error names what `--resources` got wrong. Pure: nothing is applied.
+pub fn merge_resources(
+    current: Option<&serde_json::Value>,
+    patch: &serde_json::Value,
+) -> Result<(serde_json::Value, oci_spec::runtime::LinuxResources), ContainerError> {
+    let mut res = current.cloned().unwrap_or(serde_json::json!({}));
+    merge_json(&mut res, patch);
+    let parsed = serde_json::from_value(res.clone())
+        .map_err(|e| ContainerError::Config(format!("--resources: {e}")))?;
+    Ok((res, parsed))
+}
+
 /// `runvz update`: merge `patch` (an OCI `linux.resources` document, as runc's `--resources`
 /// and flags give it) into the container's resources and apply them at once.
 pub fn update(store: &Store, id: &str, patch: &serde_json::Value) -> Result<(), ContainerError> {
@@ -172,13 +185,7 @@ pub fn update(store: &Store, id: &str, patch: &serde_json::Value) -> Result<(), 
     let mut config = c.rec.config.clone().ok_or_else(|| {
         ContainerError::Config(format!("container {id}: no recorded config to update"))
     })?;
-    let mut res = config
-        .pointer("/linux/resources")
-        .cloned()
-        .unwrap_or(serde_json::json!({}));
-    merge_json(&mut res, patch);
-    let parsed: oci_spec::runtime::LinuxResources = serde_json::from_value(res.clone())
-        .map_err(|e| ContainerError::Config(format!("--resources: {e}")))?;
+    let (res, parsed) = merge_resources(config.pointer("/linux/resources"), patch)?;
     let cg = c
         .cgroup()
         .ok_or_else(|| ContainerError::Config(format!("container {id}: it has no cgroup")))?;
