@@ -343,7 +343,7 @@ fn validate_sysctl(key: &str, has: &dyn Fn(LinuxNamespaceType) -> bool) -> Resul
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -364,5 +364,95 @@ mod tests {
         assert!(e.contains("process.user.uid"), "{e}");
         let e = parse(b"{not json").err().unwrap().to_string();
         assert!(e.starts_with("config.json:"), "{e}");
+    }
+
+    use proptest::prelude::*;
+
+    /// JSON of any shape whose object keys are drawn from `keys` (so that a parser's
+    /// checks are reached, not only its "unknown field" errors).
+    pub(crate) fn json(keys: &'static [&'static str]) -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let key = prop::sample::select(keys);
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::String),
+            key.clone().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((key.clone(), inner), 0..6).prop_map(|kv| {
+                    Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    const CONFIG_KEYS: &[&str] = &[
+        "ociVersion",
+        "root",
+        "path",
+        "process",
+        "args",
+        "cwd",
+        "env",
+        "rlimits",
+        "type",
+        "soft",
+        "hard",
+        "mounts",
+        "destination",
+        "source",
+        "options",
+        "linux",
+        "namespaces",
+        "uidMappings",
+        "gidMappings",
+        "sysctl",
+        "rootfsPropagation",
+        "devices",
+        "hostname",
+        "domainname",
+        "oomScoreAdj",
+        "user",
+        "uid",
+        "gid",
+        "1.0.2",
+        "/",
+        "rootfs",
+        "pid",
+        "time",
+        "bind",
+        "RLIMIT_NOFILE",
+        "net.ipv4.ip_forward",
+        "kernel.shmmax",
+    ];
+
+    proptest! {
+        #[test]
+        fn any_id_is_checked_without_panic(id in "\\PC{0,40}") {
+            if validate_id(&id).is_ok() {
+                prop_assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || "_+-.".contains(c)));
+                prop_assert!(id != "." && id != "..");
+            }
+        }
+
+        #[test]
+        fn any_bytes_parse_without_panic(data in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse(&data);
+        }
+
+        #[test]
+        fn any_json_validates_without_panic(mut v in json(CONFIG_KEYS)) {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("ociVersion".into(), "1.0.2".into());
+                o.insert("root".into(), serde_json::json!({"path": "/"}));
+            }
+            let data = serde_json::to_vec(&v).unwrap();
+            let _ = Bundle::from_bytes(PathBuf::from("/"), &data);
+        }
     }
 }

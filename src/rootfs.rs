@@ -1005,4 +1005,18 @@ mod tests {
         assert!(!m.flags.contains(MsFlags::MS_RDONLY));
         assert!(parse_options(Path::new("/x"), &["idmap".into()]).is_err());
     }
+
+    #[test]
+    fn mount_options_checked_before_create() {
+        let mut spec = Spec::default();
+        assert!(check_mount_options(&spec).is_ok());
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        let mut m = Mount::default();
+        m.set_destination(PathBuf::from("/data"));
+        m.set_options(Some(vec!["rbind".into(), "ridmap".into()]));
+        mounts.push(m);
+        spec.set_mounts(Some(mounts));
+        let e = check_mount_options(&spec).unwrap_err().to_string();
+        assert!(e.contains("ridmap"), "{e}");
+    }
 }

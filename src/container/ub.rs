@@ -197,3 +197,53 @@ pub fn update(store: &Store, id: &str, patch: &serde_json::Value) -> Result<(), 
     locked.write(&c.rec)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::tests::json;
+    use proptest::prelude::*;
+
+    #[test]
+    fn resources_merge_key_by_key() {
+        let cur = serde_json::json!({"memory": {"limit": 100, "swap": 200}, "pids": {"limit": 5}});
+        let patch = serde_json::json!({"memory": {"limit": 300, "swap": null}});
+        let (v, r) = merge_resources(Some(&cur), &patch).unwrap();
+        assert_eq!(v["memory"], serde_json::json!({"limit": 300, "swap": 200}));
+        assert_eq!(r.pids().as_ref().map(|p| p.limit()), Some(5));
+        let e = merge_resources(None, &serde_json::json!({"cpu": {"shares": "x"}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--resources:"), "{e}");
+    }
+
+    const RESOURCE_KEYS: &[&str] = &[
+        "memory",
+        "limit",
+        "swap",
+        "reservation",
+        "cpu",
+        "shares",
+        "quota",
+        "period",
+        "cpus",
+        "pids",
+        "blockIO",
+        "weight",
+        "devices",
+        "unified",
+        "hugepageLimits",
+    ];
+
+    proptest! {
+        /// `update --resources` takes any JSON: merged and parsed, or refused, never a panic.
+        #[test]
+        fn any_resources_json_without_panic(
+            cur in json(RESOURCE_KEYS),
+            patch in json(RESOURCE_KEYS),
+        ) {
+            let _ = merge_resources(None, &patch);
+            let _ = merge_resources(Some(&cur), &patch);
+        }
+    }
+}

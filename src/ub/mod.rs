@@ -226,8 +226,14 @@ impl Settings {
 
     /// The CFS quota (µs per 100 ms period) from cpulimit and cpus, the stricter winning.
     pub fn cpu_quota(&self) -> Option<u64> {
-        let a = self.cpulimit.filter(|p| *p > 0).map(|p| p * 1000);
-        let b = self.cpus.filter(|n| *n > 0).map(|n| n * 100_000);
+        let a = self
+            .cpulimit
+            .filter(|p| *p > 0)
+            .map(|p| p.saturating_mul(1000));
+        let b = self
+            .cpus
+            .filter(|n| *n > 0)
+            .map(|n| n.saturating_mul(100_000));
         match (a, b) {
             (Some(x), Some(y)) => Some(x.min(y)),
             (x, y) => x.or(y),
