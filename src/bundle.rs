@@ -20,9 +20,26 @@ pub enum BundleError {
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> BundleError {
     BundleError::Invalid {
-        field: field.into(),
-        problem: problem.into(),
+        field: one_line(&field.into()),
+        problem: one_line(&problem.into()),
     }
+}
+
+/// `s` with its control characters escaped (a newline as `\n`), so that an error quoting
+/// what the user wrote (a key, a path, a value) stays one line.
+pub fn one_line(s: &str) -> String {
+    if !s.contains(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A parsed, validated bundle: the spec plus the absolute paths it refers to.
@@ -80,11 +97,11 @@ pub fn parse(data: &[u8]) -> Result<Spec, BundleError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            BundleError::Parse(inner.to_string())
+        BundleError::Parse(one_line(&if path == "." || path.is_empty() {
+            inner.to_string()
         } else {
-            BundleError::Parse(format!("{path}: {inner}"))
-        }
+            format!("{path}: {inner}")
+        }))
     })
 }
 
@@ -364,6 +381,22 @@ pub(crate) mod tests {
         assert!(e.contains("process.user.uid"), "{e}");
         let e = parse(b"{not json").err().unwrap().to_string();
         assert!(e.starts_with("config.json:"), "{e}");
+    }
+
+    /// Found by the `config` fuzz target: serde quotes the offending value (and the JSON path
+    /// names the offending key) verbatim, so a newline in either split the error line.
+    #[test]
+    fn errors_quoting_user_text_stay_one_line() {
+        let e = parse(br#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"mo\nt"}]}}"#)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!e.contains('\n') && e.contains("mo\\nt"), "{e}");
+        let e = parse(b"{\"proce\r").err().unwrap().to_string();
+        assert!(!e.contains('\r'), "{e}");
+        let spec = parse(br#"{"ociVersion":"1.0.2","root":{"path":"/no\nsuch"}}"#).unwrap();
+        let e = validate(Path::new("/"), &spec).err().unwrap().to_string();
+        assert!(!e.contains('\n') && e.contains("/no\\nsuch"), "{e}");
     }
 
     use proptest::prelude::*;

@@ -26,7 +26,7 @@ pub enum RootfsError {
     },
     #[error(transparent)]
     Path(#[from] SafePathError),
-    #[error("mount {dest}: unsupported option {opt:?}")]
+    #[error("mount {dest:?}: unsupported option {opt:?}")]
     Option { dest: PathBuf, opt: String },
     #[error("device {path}: {source}")]
     Device { path: PathBuf, source: io::Error },

@@ -38,6 +38,19 @@ fn bundle_dir() -> PathBuf {
     .clone()
 }
 
+/// Every user error is one line (runvz prints it as one log line): control characters from
+/// the input must come out escaped.
+fn one_line<T, E: std::fmt::Display>(r: Result<T, E>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(!msg.contains(['\n', '\r']), "a multi-line error: {msg:?}");
+            None
+        }
+    }
+}
+
 /// Map `st` onto copies of `spec` for both cgroup layouts, as `create` and `set` do.
 fn apply_both(st: &Settings, spec: &Spec, rootfs: &Path) {
     for layout in [Layout::V1, Layout::V2] {
@@ -62,22 +75,27 @@ fn settings_round_trip(st: &Settings) {
 /// mapping, the cgroup path, the namespace plan, seccomp compilation, mount options, and the
 /// state document hooks receive.
 pub fn config(data: &[u8]) {
-    let Ok(b) = runvz::bundle::Bundle::from_bytes(bundle_dir(), data) else {
+    let Some(b) = one_line(runvz::bundle::Bundle::from_bytes(bundle_dir(), data)) else {
         return;
     };
     let spec = &b.spec;
     let empty = HashMap::new();
-    if let Ok(st) = ub::from_annotations(spec.annotations().as_ref().unwrap_or(&empty)) {
+    if let Some(st) = one_line(ub::from_annotations(
+        spec.annotations().as_ref().unwrap_or(&empty),
+    )) {
         settings_round_trip(&st);
         apply_both(&st, spec, &b.rootfs);
     }
     let linux = spec.linux().as_ref();
-    let _ = runvz::cgroups::path_for(linux.and_then(|l| l.cgroups_path().as_deref()), "fuzz");
+    one_line(runvz::cgroups::path_for(
+        linux.and_then(|l| l.cgroups_path().as_deref()),
+        "fuzz",
+    ));
     let _ = runvz::namespaces::Plan::from_spec(spec);
     if let Some(s) = linux.and_then(|l| l.seccomp().as_ref()) {
-        let _ = runvz::seccomp::compile(s);
+        one_line(runvz::seccomp::compile(s));
     }
-    let _ = runvz::rootfs::check_mount_options(spec);
+    one_line(runvz::rootfs::check_mount_options(spec));
     let doc = runvz::hooks::state_json(spec, "fuzz", "creating", 1, &b.dir);
     assert!(
         serde_json::from_str::<serde_json::Value>(&doc).is_ok(),
@@ -94,12 +112,12 @@ pub fn annotations(data: &[u8]) {
     for line in text.lines() {
         let (k, v) = line.split_once('=').unwrap_or((line, ""));
         let key = k.strip_prefix(ub::PREFIX).unwrap_or(k);
-        if ub::set_one(&mut patch, key, v).is_ok() {
+        if one_line(ub::set_one(&mut patch, key, v)).is_some() {
             settings_round_trip(&patch);
         }
         ann.insert(format!("{}{key}", ub::PREFIX), v.to_string());
     }
-    let Ok(mut st) = ub::from_annotations(&ann) else {
+    let Some(mut st) = one_line(ub::from_annotations(&ann)) else {
         return;
     };
     settings_round_trip(&st);
@@ -126,7 +144,7 @@ pub fn resources(data: &[u8]) {
         "devices": [{"allow": false, "access": "rwm"}]
     });
     for base in [None, Some(&current)] {
-        if let Ok((_, parsed)) = runvz::container::merge_resources(base, &patch) {
+        if let Some((_, parsed)) = one_line(runvz::container::merge_resources(base, &patch)) {
             let v = serde_json::to_value(&parsed).expect("resources serialize");
             let _: oci_spec::runtime::LinuxResources =
                 serde_json::from_value(v).expect("resources read back");

@@ -337,7 +337,8 @@ fn parse_iolimit(key: &str, s: &str) -> Result<u64, UbError> {
 
 /// Apply one `key=value` (the key without the `io.runvz.` prefix) to `st`.
 pub fn set_one(st: &mut Settings, key: &str, value: &str) -> Result<(), UbError> {
-    let full = format!("{PREFIX}{key}");
+    // Escaped: every error below names the key, and must stay one line.
+    let full = format!("{PREFIX}{}", crate::bundle::one_line(key));
     if let Some(p) = key.strip_prefix("ub.") {
         let param = Param::from_name(p).ok_or_else(|| bad(&full, "unknown beancounter"))?;
         st.ub.insert(param, parse_pair(&full, value, param.unit())?);

@@ -284,3 +284,12 @@ fn out_of_range_settings_map_without_panic() {
     assert_eq!(cpu.quota(), Some(i64::MAX));
     assert_eq!(cpu.shares(), Some(u64::MAX / 1000));
 }
+
+/// Found by the `annotations` fuzz target: a key with a control character split the error.
+#[test]
+fn errors_naming_odd_keys_stay_one_line() {
+    let e = from_annotations(&ann(&[("io.runvz.z\rnumproc", "1")]))
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains('\r') && e.contains("z\\rnumproc"), "{e}");
+}
