@@ -20,9 +20,26 @@ pub enum BundleError {
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> BundleError {
     BundleError::Invalid {
-        field: field.into(),
-        problem: problem.into(),
+        field: one_line(&field.into()),
+        problem: one_line(&problem.into()),
     }
+}
+
+/// `s` with its control characters escaped (a newline as `\n`), so that an error quoting
+/// what the user wrote (a key, a path, a value) stays one line.
+pub fn one_line(s: &str) -> String {
+    if !s.contains(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A parsed, validated bundle: the spec plus the absolute paths it refers to.
@@ -62,7 +79,13 @@ impl Bundle {
         let cfg = dir.join("config.json");
         let data = std::fs::read(&cfg)
             .map_err(|e| BundleError::Bundle(dir.clone(), format!("config.json: {e}")))?;
-        let spec = parse(&data)?;
+        Bundle::from_bytes(dir, &data)
+    }
+
+    /// Parse and validate the bytes of a config.json as `load` does, for a bundle in the
+    /// (canonical) directory `dir`. Reads nothing but metadata of the paths it names.
+    pub fn from_bytes(dir: PathBuf, data: &[u8]) -> Result<Bundle, BundleError> {
+        let spec = parse(data)?;
         let rootfs = validate(&dir, &spec)?;
         Ok(Bundle { dir, spec, rootfs })
     }
@@ -74,11 +97,11 @@ pub fn parse(data: &[u8]) -> Result<Spec, BundleError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            BundleError::Parse(inner.to_string())
+        BundleError::Parse(one_line(&if path == "." || path.is_empty() {
+            inner.to_string()
         } else {
-            BundleError::Parse(format!("{path}: {inner}"))
-        }
+            format!("{path}: {inner}")
+        }))
     })
 }
 
@@ -337,7 +360,7 @@ fn validate_sysctl(key: &str, has: &dyn Fn(LinuxNamespaceType) -> bool) -> Resul
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -358,5 +381,111 @@ mod tests {
         assert!(e.contains("process.user.uid"), "{e}");
         let e = parse(b"{not json").err().unwrap().to_string();
         assert!(e.starts_with("config.json:"), "{e}");
+    }
+
+    /// Found by the `config` fuzz target: serde quotes the offending value (and the JSON path
+    /// names the offending key) verbatim, so a newline in either split the error line.
+    #[test]
+    fn errors_quoting_user_text_stay_one_line() {
+        let e = parse(br#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"mo\nt"}]}}"#)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!e.contains('\n') && e.contains("mo\\nt"), "{e}");
+        let e = parse(b"{\"proce\r").err().unwrap().to_string();
+        assert!(!e.contains('\r'), "{e}");
+        let spec = parse(br#"{"ociVersion":"1.0.2","root":{"path":"/no\nsuch"}}"#).unwrap();
+        let e = validate(Path::new("/"), &spec).err().unwrap().to_string();
+        assert!(!e.contains('\n') && e.contains("/no\\nsuch"), "{e}");
+    }
+
+    use proptest::prelude::*;
+
+    /// JSON of any shape whose object keys are drawn from `keys` (so that a parser's
+    /// checks are reached, not only its "unknown field" errors).
+    pub(crate) fn json(keys: &'static [&'static str]) -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let key = prop::sample::select(keys);
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::String),
+            key.clone().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((key.clone(), inner), 0..6).prop_map(|kv| {
+                    Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    const CONFIG_KEYS: &[&str] = &[
+        "ociVersion",
+        "root",
+        "path",
+        "process",
+        "args",
+        "cwd",
+        "env",
+        "rlimits",
+        "type",
+        "soft",
+        "hard",
+        "mounts",
+        "destination",
+        "source",
+        "options",
+        "linux",
+        "namespaces",
+        "uidMappings",
+        "gidMappings",
+        "sysctl",
+        "rootfsPropagation",
+        "devices",
+        "hostname",
+        "domainname",
+        "oomScoreAdj",
+        "user",
+        "uid",
+        "gid",
+        "1.0.2",
+        "/",
+        "rootfs",
+        "pid",
+        "time",
+        "bind",
+        "RLIMIT_NOFILE",
+        "net.ipv4.ip_forward",
+        "kernel.shmmax",
+    ];
+
+    proptest! {
+        #[test]
+        fn any_id_is_checked_without_panic(id in "\\PC{0,40}") {
+            if validate_id(&id).is_ok() {
+                prop_assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || "_+-.".contains(c)));
+                prop_assert!(id != "." && id != "..");
+            }
+        }
+
+        #[test]
+        fn any_bytes_parse_without_panic(data in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse(&data);
+        }
+
+        #[test]
+        fn any_json_validates_without_panic(mut v in json(CONFIG_KEYS)) {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("ociVersion".into(), "1.0.2".into());
+                o.insert("root".into(), serde_json::json!({"path": "/"}));
+            }
+            let data = serde_json::to_vec(&v).unwrap();
+            let _ = Bundle::from_bytes(PathBuf::from("/"), &data);
+        }
     }
 }

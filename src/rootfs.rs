@@ -26,7 +26,7 @@ pub enum RootfsError {
     },
     #[error(transparent)]
     Path(#[from] SafePathError),
-    #[error("mount {dest}: unsupported option {opt:?}")]
+    #[error("mount {dest:?}: unsupported option {opt:?}")]
     Option { dest: PathBuf, opt: String },
     #[error("device {path}: {source}")]
     Device { path: PathBuf, source: io::Error },
@@ -134,6 +134,15 @@ fn parse_options(dest: &Path, opts: &[String]) -> Result<MountOpts, RootfsError>
         m.clear.insert(clr);
     }
     Ok(m)
+}
+
+/// Check the options of every mount in `spec` as the container's setup will parse them, so
+/// that `create` refuses an unsupported option before anything is made. Pure.
+pub fn check_mount_options(spec: &Spec) -> Result<(), RootfsError> {
+    for m in spec.mounts().iter().flatten() {
+        parse_options(m.destination(), m.options().as_deref().unwrap_or(&[]))?;
+    }
+    Ok(())
 }
 
 fn propagation_flag(p: &str) -> Option<MsFlags> {
@@ -1006,5 +1015,19 @@ mod tests {
         let m = parse_options(Path::new("/x"), &["ro".into(), "rw".into()]).unwrap();
         assert!(!m.flags.contains(MsFlags::MS_RDONLY));
         assert!(parse_options(Path::new("/x"), &["idmap".into()]).is_err());
+    }
+
+    #[test]
+    fn mount_options_checked_before_create() {
+        let mut spec = Spec::default();
+        assert!(check_mount_options(&spec).is_ok());
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        let mut m = Mount::default();
+        m.set_destination(PathBuf::from("/data"));
+        m.set_options(Some(vec!["rbind".into(), "ridmap".into()]));
+        mounts.push(m);
+        spec.set_mounts(Some(mounts));
+        let e = check_mount_options(&spec).unwrap_err().to_string();
+        assert!(e.contains("ridmap"), "{e}");
     }
 }

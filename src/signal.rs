@@ -34,3 +34,31 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn never_panics(s in "\\PC{0,16}") {
+            let _ = parse(&s);
+        }
+
+        #[test]
+        fn name_and_number_round_trip(i in 0usize..Signal::iterator().count()) {
+            let sig = Signal::iterator().nth(i).unwrap();
+            let name = sig.as_str();
+            prop_assert_eq!(parse(name).unwrap(), sig);
+            prop_assert_eq!(parse(&name[3..].to_ascii_lowercase()).unwrap(), sig);
+            prop_assert_eq!(parse(&(sig as i32).to_string()).unwrap(), sig);
+        }
+
+        #[test]
+        fn numbers_outside_the_table_are_refused(n in any::<i64>()) {
+            let known = Signal::iterator().any(|s| s as i64 == n);
+            prop_assert_eq!(parse(&n.to_string()).is_ok(), known);
+        }
+    }
+}

@@ -707,4 +707,36 @@ mod tests {
             v(&["runvz", "exec", "--cwd", "/", "-t", "c1", "ps", "-format", "x"])
         );
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `update --memory 512m` and friends: any text is a size or a one-line error.
+        #[test]
+        fn sizes_never_panic(s in "\\PC{0,24}") {
+            if let Err(e) = parse_bytes(&s) {
+                prop_assert!(!e.contains('\n'), "{}", e);
+            }
+        }
+
+        #[test]
+        fn sizes_read_back(n in 0i64..(1 << 23), unit in 0usize..5) {
+            let (suffix, shift) = [("", 0), ("k", 10), ("m", 20), ("G", 30), ("t", 40)][unit];
+            prop_assert_eq!(parse_bytes(&format!("{n}{suffix}")), Ok(n << shift));
+            prop_assert_eq!(parse_bytes(&format!("{n}{suffix}b")), Ok(n << shift));
+        }
+
+        /// Any argument vector goes through the Go-style flag normalization unharmed: same
+        /// length, and anything not starting with one dash is kept as it is.
+        #[test]
+        fn normalization_never_panics(args in prop::collection::vec("-{0,2}[a-z-]{0,8}|\\PC{0,8}", 0..8)) {
+            let out = normalize_args(args.clone());
+            prop_assert_eq!(out.len(), args.len());
+            for (a, b) in args.iter().zip(&out) {
+                if !a.starts_with('-') {
+                    prop_assert_eq!(a, b);
+                }
+            }
+        }
+    }
 }

@@ -143,6 +143,8 @@ pub(super) fn create_with_console(
         Some(s) => Some(crate::seccomp::compile(s)?),
         None => None,
     };
+    crate::rootfs::check_mount_options(&b.spec)
+        .map_err(|e| ContainerError::Config(e.to_string()))?;
     if let Some(n) = &net {
         n.preflight(id)?;
     }

@@ -15,7 +15,7 @@ pub use create::{create, CreateOptions};
 pub use events::{events, stats, Event};
 pub use exec::{exec, ExecOptions};
 pub use ops::{delete, kill, list, pause, pids, run, start, state, RunOptions};
-pub use ub::{beancounters, set, update};
+pub use ub::{beancounters, merge_resources, set, update};
 
 use std::path::PathBuf;
 

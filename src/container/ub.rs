@@ -189,6 +189,19 @@ fn merge_json(base: &mut serde_json::Value, patch: &serde_json::Value) {
     }
 }
 
+/// The `linux.resources` document after `update` merged `patch` into `current`, and its
+/// parsed form; an error names what `--resources` got wrong. Pure: nothing is applied.
+pub fn merge_resources(
+    current: Option<&serde_json::Value>,
+    patch: &serde_json::Value,
+) -> Result<(serde_json::Value, oci_spec::runtime::LinuxResources), ContainerError> {
+    let mut res = current.cloned().unwrap_or(serde_json::json!({}));
+    merge_json(&mut res, patch);
+    let parsed = serde_json::from_value(res.clone())
+        .map_err(|e| ContainerError::Config(format!("--resources: {e}")))?;
+    Ok((res, parsed))
+}
+
 /// `runvz update`: merge `patch` (an OCI `linux.resources` document, as runc's `--resources`
 /// and flags give it) into the container's resources and apply them at once.
 pub fn update(store: &Store, id: &str, patch: &serde_json::Value) -> Result<(), ContainerError> {
@@ -196,13 +209,7 @@ pub fn update(store: &Store, id: &str, patch: &serde_json::Value) -> Result<(), 
     let mut config = c.rec.config.clone().ok_or_else(|| {
         ContainerError::Config(format!("container {id}: no recorded config to update"))
     })?;
-    let mut res = config
-        .pointer("/linux/resources")
-        .cloned()
-        .unwrap_or(serde_json::json!({}));
-    merge_json(&mut res, patch);
-    let parsed: oci_spec::runtime::LinuxResources = serde_json::from_value(res.clone())
-        .map_err(|e| ContainerError::Config(format!("--resources: {e}")))?;
+    let (res, parsed) = merge_resources(config.pointer("/linux/resources"), patch)?;
     let cg = c
         .cgroup()
         .ok_or_else(|| ContainerError::Config(format!("container {id}: it has no cgroup")))?;
@@ -213,4 +220,54 @@ pub fn update(store: &Store, id: &str, patch: &serde_json::Value) -> Result<(), 
     c.rec.config = Some(config);
     locked.write(&c.rec)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::tests::json;
+    use proptest::prelude::*;
+
+    #[test]
+    fn resources_merge_key_by_key() {
+        let cur = serde_json::json!({"memory": {"limit": 100, "swap": 200}, "pids": {"limit": 5}});
+        let patch = serde_json::json!({"memory": {"limit": 300, "swap": null}});
+        let (v, r) = merge_resources(Some(&cur), &patch).unwrap();
+        assert_eq!(v["memory"], serde_json::json!({"limit": 300, "swap": 200}));
+        assert_eq!(r.pids().as_ref().map(|p| p.limit()), Some(5));
+        let e = merge_resources(None, &serde_json::json!({"cpu": {"shares": "x"}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--resources:"), "{e}");
+    }
+
+    const RESOURCE_KEYS: &[&str] = &[
+        "memory",
+        "limit",
+        "swap",
+        "reservation",
+        "cpu",
+        "shares",
+        "quota",
+        "period",
+        "cpus",
+        "pids",
+        "blockIO",
+        "weight",
+        "devices",
+        "unified",
+        "hugepageLimits",
+    ];
+
+    proptest! {
+        /// `update --resources` takes any JSON: merged and parsed, or refused, never a panic.
+        #[test]
+        fn any_resources_json_without_panic(
+            cur in json(RESOURCE_KEYS),
+            patch in json(RESOURCE_KEYS),
+        ) {
+            let _ = merge_resources(None, &patch);
+            let _ = merge_resources(Some(&cur), &patch);
+        }
+    }
 }

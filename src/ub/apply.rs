@@ -246,7 +246,7 @@ pub fn apply(
             }
             match layout {
                 Layout::V1 => {
-                    cpu.set_shares(Some(u * 1024 / 1000));
+                    cpu.set_shares(Some(u.saturating_mul(1024) / 1000));
                 }
                 Layout::V2 => {
                     cpu.set_shares(None);
@@ -263,7 +263,7 @@ pub fn apply(
                 plan.overrides
                     .push("io.runvz.cpulimit/cpus override linux.resources.cpu.quota".into());
             }
-            cpu.set_quota(Some(q as i64));
+            cpu.set_quota(Some(q.min(i64::MAX as u64) as i64));
             cpu.set_period(Some(CPU_PERIOD));
         }
         res.set_cpu(Some(cpu));
@@ -272,7 +272,9 @@ pub fn apply(
     // I/O: priority as a weight, limits as throttles on the root's disk
     // The weight file depends on the kernel and the disk's scheduler: chosen once the
     // container's cgroup exists (`write_io_weight`).
-    plan.io_weight = st.ioprio.map(|p| IOPRIO_WEIGHT[p as usize]);
+    plan.io_weight = st
+        .ioprio
+        .map(|p| IOPRIO_WEIGHT[usize::from(p).min(IOPRIO_WEIGHT.len() - 1)]);
     if st.iolimit.is_some_and(|v| v > 0) || st.iopslimit.is_some_and(|v| v > 0) {
         match root_disk(rootfs) {
             Some((major, minor)) => {

@@ -294,8 +294,14 @@ impl Settings {
 
     /// The CFS quota (µs per 100 ms period) from cpulimit and cpus, the stricter winning.
     pub fn cpu_quota(&self) -> Option<u64> {
-        let a = self.cpulimit.filter(|p| *p > 0).map(|p| p * 1000);
-        let b = self.cpus.filter(|n| *n > 0).map(|n| n * 100_000);
+        let a = self
+            .cpulimit
+            .filter(|p| *p > 0)
+            .map(|p| p.saturating_mul(1000));
+        let b = self
+            .cpus
+            .filter(|n| *n > 0)
+            .map(|n| n.saturating_mul(100_000));
         match (a, b) {
             (Some(x), Some(y)) => Some(x.min(y)),
             (x, y) => x.or(y),
@@ -399,7 +405,8 @@ fn parse_iolimit(key: &str, s: &str) -> Result<u64, UbError> {
 
 /// Apply one `key=value` (the key without the `io.runvz.` prefix) to `st`.
 pub fn set_one(st: &mut Settings, key: &str, value: &str) -> Result<(), UbError> {
-    let full = format!("{PREFIX}{key}");
+    // Escaped: every error below names the key, and must stay one line.
+    let full = format!("{PREFIX}{}", crate::bundle::one_line(key));
     if let Some(p) = key.strip_prefix("ub.") {
         let param = Param::from_name(p).ok_or_else(|| bad(&full, "unknown beancounter"))?;
         st.ub.insert(param, parse_pair(&full, value, param.unit())?);

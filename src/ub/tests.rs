@@ -199,3 +199,136 @@ fn disk_annotations() {
     let back: Settings = serde_json::from_value(serde_json::to_value(&a).unwrap()).unwrap();
     assert_eq!(back, a);
 }
+
+fn any_param() -> impl Strategy<Value = Param> {
+    prop::sample::select(ALL.to_vec())
+}
+
+fn any_settings() -> impl Strategy<Value = Settings> {
+    (
+        prop::collection::btree_map(
+            any_param(),
+            (any::<u64>(), any::<u64>()).prop_map(|(a, b)| Limit {
+                barrier: a.min(b).min(UNLIMITED),
+                limit: a.max(b).min(UNLIMITED),
+            }),
+            0..8,
+        ),
+        prop::option::of(any::<u64>()),
+        prop::option::of(any::<u64>()),
+        prop::option::of(any::<u64>()),
+        prop::option::of(any::<u8>()),
+        prop::option::of(any::<u64>()),
+        prop::option::of(any::<u64>()),
+    )
+        .prop_map(
+            |(ub, cpuunits, cpulimit, cpus, ioprio, iolimit, iopslimit)| Settings {
+                ub,
+                cpuunits,
+                cpulimit,
+                cpus,
+                ioprio,
+                iolimit,
+                iopslimit,
+                disk: Default::default(),
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn every_key_takes_any_value_without_panic(value in "\\PC{0,32}") {
+        let mut keys: Vec<String> = ALL.iter().map(|p| format!("ub.{}", p.name())).collect();
+        keys.extend(
+            ["ram", "swap", "cpuunits", "cpulimit", "cpus", "ioprio", "iolimit", "iopslimit",
+             "diskspace", "net.veth.eth0.ip"].map(String::from),
+        );
+        for k in keys {
+            let mut st = Settings::default();
+            let _ = set_one(&mut st, &k, &value);
+        }
+    }
+
+    #[test]
+    fn values_read_back_exactly(n in any::<u64>()) {
+        let got = parse_value("k", &n.to_string(), Unit::Items);
+        if n <= UNLIMITED {
+            prop_assert_eq!(got, Ok(n));
+        } else {
+            prop_assert!(got.is_err());
+        }
+        // With a suffix: exact or refused as too large, never wrapped.
+        for (s, shift) in [("K", 10), ("M", 20), ("G", 30), ("T", 40)] {
+            match parse_value("k", &format!("{n}{s}"), Unit::Bytes) {
+                Ok(v) => prop_assert_eq!(Some(v), n.checked_mul(1 << shift)),
+                Err(_) => prop_assert!(n.checked_mul(1 << shift).is_none_or(|v| v > UNLIMITED)),
+            }
+        }
+    }
+
+    /// The settings are recorded in the state file as JSON and read back by `set`.
+    #[test]
+    fn settings_survive_the_state_record(st in any_settings()) {
+        let back: Settings = serde_json::from_value(serde_json::to_value(&st).unwrap()).unwrap();
+        prop_assert_eq!(back, st);
+    }
+
+    /// Annotations written from a parsed value parse back to the same limit.
+    #[test]
+    fn annotations_round_trip(p in any_param(), a in any::<u64>(), b in any::<u64>()) {
+        let (b, l) = (a.min(b).min(UNLIMITED), a.max(b).min(UNLIMITED));
+        let fmt = |v: u64| if v == UNLIMITED { "unlimited".to_string() } else { v.to_string() };
+        let key = format!("io.runvz.ub.{}", p.name());
+        let value = format!("{}:{}", fmt(b), fmt(l));
+        let st = from_annotations(&ann(&[(&key, &value)])).unwrap();
+        prop_assert_eq!(st.get(p), Limit { barrier: b, limit: l });
+    }
+
+    /// Any settings map onto any spec shape for both layouts without panicking.
+    #[test]
+    fn mapping_never_panics(st in any_settings(), with_process in any::<bool>()) {
+        for layout in [apply::Layout::V1, apply::Layout::V2] {
+            let mut spec = oci_spec::runtime::Spec::default();
+            if !with_process {
+                spec.set_process(None);
+            }
+            let _ = apply::apply(&st, &mut spec, layout, std::path::Path::new("/nonexistent"));
+            let _ = st.cpu_quota();
+        }
+    }
+}
+
+/// Found by `mapping_never_panics`: settings outside the parser's ranges (as a state record
+/// edited by hand would carry) overflowed the shares and quota arithmetic and indexed past
+/// the ioprio table. They now saturate and clamp.
+#[test]
+fn out_of_range_settings_map_without_panic() {
+    let st = Settings {
+        cpuunits: Some(u64::MAX),
+        cpulimit: Some(u64::MAX),
+        cpus: Some(u64::MAX),
+        ioprio: Some(200),
+        ..Default::default()
+    };
+    let mut spec = oci_spec::runtime::Spec::default();
+    let plan = apply::apply(&st, &mut spec, apply::Layout::V1, std::path::Path::new("/")).unwrap();
+    assert_eq!(plan.io_weight, Some(apply::IOPRIO_WEIGHT[7]));
+    let cpu = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.cpu().as_ref())
+        .cloned()
+        .unwrap();
+    assert_eq!(cpu.quota(), Some(i64::MAX));
+    assert_eq!(cpu.shares(), Some(u64::MAX / 1000));
+}
+
+/// Found by the `annotations` fuzz target: a key with a control character split the error.
+#[test]
+fn errors_naming_odd_keys_stay_one_line() {
+    let e = from_annotations(&ann(&[("io.runvz.z\rnumproc", "1")]))
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains('\r') && e.contains("z\\rnumproc"), "{e}");
+}

@@ -1,0 +1,3 @@
+fn main() {
+    runvz_fuzz::main(runvz_fuzz::targets::signal);
+}
