@@ -96,6 +96,13 @@ pub fn config(data: &[u8]) {
         one_line(runvz::seccomp::compile(s));
     }
     one_line(runvz::rootfs::check_mount_options(spec));
+    one_line(runvz::net::Plan::from_spec(spec));
+    if let Some(st) = one_line(ub::from_annotations(
+        spec.annotations().as_ref().unwrap_or(&empty),
+    )) {
+        // Checks host paths (metadata only): the image, the rootfs's filesystem, the tools.
+        one_line(runvz::disk::Plan::new(&st.disk, &b.dir, &b.rootfs));
+    }
     let doc = runvz::hooks::state_json(spec, "fuzz", "creating", 1, &b.dir);
     assert!(
         serde_json::from_str::<serde_json::Value>(&doc).is_ok(),
@@ -117,6 +124,7 @@ pub fn annotations(data: &[u8]) {
         }
         ann.insert(format!("{}{key}", ub::PREFIX), v.to_string());
     }
+    one_line(runvz::net::Plan::from_annotations(&ann));
     let Some(mut st) = one_line(ub::from_annotations(&ann)) else {
         return;
     };
