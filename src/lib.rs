@@ -10,6 +10,7 @@
 
 pub mod bundle;
 pub mod cgroups;
+pub mod checkpoint;
 pub mod container;
 pub mod hooks;
 pub mod namespaces;

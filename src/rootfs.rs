@@ -410,7 +410,7 @@ fn remount_bind(root: &Root, dest: &Path, flags: MsFlags) -> Result<(), RootfsEr
 }
 
 /// Host cgroup mount points (v1 hierarchies and cgroup2), from /proc/self/mountinfo.
-fn host_cgroup_mounts() -> Vec<(PathBuf, String, String)> {
+pub fn host_cgroup_mounts() -> Vec<(PathBuf, String, String)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut out = vec![];
     for line in info.lines() {
