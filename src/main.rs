@@ -107,7 +107,10 @@ fn features() -> serde_json::Value {
             "intelRdt": {"enabled": false},
             "mountExtensions": {"idmap": {"enabled": false}}
         },
-        "annotations": {"io.runvz.ub.*": "OpenVZ user beancounters (docs/beancounters.md)"}
+        "annotations": {
+            "io.runvz.ub.*": "OpenVZ user beancounters (docs/beancounters.md)",
+            "org.opencontainers.runc.checkpoint.enabled": "true"
+        }
     })
 }
 

@@ -130,6 +130,9 @@ fn mode_of(f: &CriuFlags, o: &mut Opts) {
     o.lazy_pages = f.lazy_pages;
     o.log_level = 4;
     o.notify_scripts = true;
+    // The pty master is held outside the container (console socket): an external master
+    // on dump, a new one sent to the console socket on restore.
+    o.orphan_pts_master = true;
 }
 
 pub fn checkpoint(store: &Store, id: &str, opts: &CheckpointOptions) -> Result<(), ContainerError> {
@@ -411,7 +414,6 @@ pub fn restore(store: &Store, id: &str, opts: &RestoreOptions) -> Result<i32, Co
                 evasive_devices: true,
                 rst_sibling: true,
                 root: Some(root.display().to_string()),
-                orphan_pts_master: true,
                 cg_root: cgroup_roots(criu.pid()),
                 ..Default::default()
             };
