@@ -156,6 +156,16 @@ pub struct Resp {
     pub version: (i64, i64),
 }
 
+/// The first real error of a criu log (the cause; later ones follow from it): criu's own
+/// message names its first error, which here is a harmless one (it cannot raise RLIMIT_NOFILE without CAP_SYS_RESOURCE).
+fn first_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .filter(|l| l.contains("Error (") && !l.contains("FAILED") && !l.contains("RLIMIT_NOFILE"))
+        .find_map(|l| l.split_once("): "))
+        .map(|(_, m)| m.trim().to_string())
+}
+
 /// A running `criu swrk`.
 pub struct Criu {
     sock: OwnedFd,
@@ -327,9 +337,12 @@ impl Criu {
                         _ => "request",
                     },
                     errno: get_int(&f, 7).unwrap_or(0) as i32,
-                    msg: get_bytes(&f, 9)
-                        .map(|s| String::from_utf8_lossy(s).trim().to_string())
-                        .filter(|s| !s.is_empty())
+                    msg: first_error(&self.log)
+                        .or_else(|| {
+                            get_bytes(&f, 9)
+                                .map(|s| String::from_utf8_lossy(s).trim().to_string())
+                                .filter(|s| !s.is_empty())
+                        })
                         .unwrap_or_else(|| "no message".into()),
                     log: self.log.display().to_string(),
                 });
