@@ -39,6 +39,18 @@ fn have_criu(test: &str) -> bool {
     false
 }
 
+/// `have_criu`, and the runtime is runvz (else skipped with `why`).
+fn runvz_with_criu(t: &Ctx, test: &str, why: &str) -> bool {
+    if !have_criu(test) {
+        return false;
+    }
+    if !t.rt.is_runvz() {
+        note(&format!("SKIP {test}: {why}"));
+        return false;
+    }
+    true
+}
+
 /// The counter of the container `id` (its init's view of /dev/shm/n), 0 if unreadable.
 fn count(t: &Ctx, id: &str, file: &str) -> u64 {
     let Ok(st) = t.rt.state(id) else { return 0 };
@@ -131,6 +143,23 @@ fn log_tail(image: &Path, log: &str) -> String {
                 .join("\n")
         })
         .unwrap_or_default()
+}
+
+/// No cgroup of `b`, and no mount naming its ID or below the test's scratch dir (the image
+/// and work dirs, where criu mounts its cgroup yard; the bundle).
+#[track_caller]
+fn assert_nothing_left(t: &Ctx, b: &Bundle, when: &str) {
+    let left: Vec<_> = cgroup_dirs(&b.cgroup)
+        .into_iter()
+        .filter(|d| d.exists())
+        .collect();
+    assert!(left.is_empty(), "cgroup left {when}: {left:?}");
+    let scratch = t.scratch().display().to_string();
+    let mounts: Vec<_> = mountinfo_lines()
+        .into_iter()
+        .filter(|l| l.contains(&b.id) || l.contains(&scratch))
+        .collect();
+    assert!(mounts.is_empty(), "mounts left {when}: {mounts:?}");
 }
 
 #[test]
@@ -301,11 +330,7 @@ fn container_with_a_pty() {
 #[test]
 fn beancounter_limits_survive_restore() {
     let t = setup!("cpt-ub");
-    if !have_criu("cpt-ub") {
-        return;
-    }
-    if !t.rt.is_runvz() {
-        note("SKIP cpt-ub: io.runvz.* beancounters are runvz's");
+    if !runvz_with_criu(&t, "cpt-ub", "io.runvz.* beancounters are runvz's") {
         return;
     }
     let b = t
@@ -336,7 +361,6 @@ fn failed_restore_leaves_nothing() {
     let (ip, is) = checkpointed_counter(&t, &b);
     // Corrupt the process tree image: criu must fail.
     std::fs::write(ip.join("pstree.img"), b"garbage, not a criu image").unwrap();
-    let mounts_before = mountinfo_lines().len();
     let o = restore(&t, &b, &b.id, &is, &[]);
     assert!(!o.success(), "restore from a corrupt image succeeded");
     assert!(
@@ -347,13 +371,45 @@ fn failed_restore_leaves_nothing() {
         !t.rt.root.join(&b.id).exists() || !t.rt.is_runvz(),
         "state dir left"
     );
-    let left: Vec<_> = cgroup_dirs(&b.cgroup)
-        .into_iter()
-        .filter(|d| d.exists())
-        .collect();
-    assert!(left.is_empty(), "cgroup left: {left:?}");
-    assert!(
-        mountinfo_lines().len() <= mounts_before,
-        "mounts left after a failed restore"
-    );
+    assert_nothing_left(&t, &b, "after a failed restore");
+}
+
+/// A restore SIGKILLed part-way: `delete --force` removes what it made (its own mounts were in
+/// a private mount namespace). runvz only.
+#[test]
+fn killed_restore_is_undone_by_delete_force() {
+    let t = setup!("cpt-killed");
+    if !runvz_with_criu(
+        &t,
+        "cpt-killed",
+        "runc restores in the host mount namespace (a killed criu may leave its cgroup yard mounted)",
+    ) {
+        return;
+    }
+    let b = t.bundle().sh(COUNTER);
+    let (_ip, is) = checkpointed_counter(&t, &b);
+    for delay in [60u64, 200] {
+        let mut child = std::process::Command::new(&t.rt.bin)
+            .args(["--root", &t.rt.root.display().to_string()])
+            .args([
+                "restore",
+                "-d",
+                "--image-path",
+                &is,
+                "-b",
+                &b.dir_str(),
+                &b.id,
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn restore");
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = child.kill();
+        let _ = child.wait();
+        t.rt.cmd(&["delete", "--force", &b.id]).ok();
+        assert!(t.rt.state(&b.id).is_err(), "state left ({delay} ms)");
+        assert_nothing_left(&t, &b, &format!("after a kill at {delay} ms"));
+    }
 }
