@@ -18,7 +18,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 use super::create::{abandon, connect_console, load_bundle, write_pid_file, write_ub_files};
 use super::{lock_live, ContainerError};
 use crate::cgroups::Cgroup;
-use crate::checkpoint::{self, CheckpointError, Criu, Notify, Opts, ReqType};
+use crate::checkpoint::{self, Criu, Notify, Opts, ReqType};
 use crate::state::{self, Record, Status, Store};
 use crate::{bundle, hooks, sys};
 
@@ -59,12 +59,6 @@ pub struct RestoreOptions<'a> {
     pub pid_file: Option<&'a Path>,
     pub console_socket: Option<&'a Path>,
     pub flags: CriuFlags,
-}
-
-impl From<CheckpointError> for ContainerError {
-    fn from(e: CheckpointError) -> Self {
-        ContainerError::Config(e.to_string())
-    }
 }
 
 fn io_err(id: &str, what: String) -> impl FnOnce(std::io::Error) -> ContainerError + '_ {

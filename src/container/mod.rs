@@ -44,6 +44,8 @@ pub enum ContainerError {
     Ub(#[from] crate::ub::UbError),
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
     #[error("{0}")]
     InvalidId(String),
     #[error("{0}")]
