@@ -76,7 +76,9 @@ pub struct CriuArgs {
     pub auto_dedup: bool,
 }
 
+/// Podman repeats flags (`--leave-running --leave-running`): the last one wins.
 #[derive(clap::Args, Debug)]
+#[command(args_override_self = true)]
 pub struct CheckpointArgs {
     #[command(flatten)]
     pub criu: CriuArgs,
@@ -105,6 +107,7 @@ pub struct CheckpointArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(args_override_self = true)]
 pub struct RestoreArgs {
     #[command(flatten)]
     pub criu: CriuArgs,

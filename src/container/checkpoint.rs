@@ -256,6 +256,48 @@ pub fn checkpoint(store: &Store, id: &str, opts: &CheckpointOptions) -> Result<(
     Ok(())
 }
 
+/// The source of a bind mount (relative sources are relative to the bundle).
+fn bind_source(m: &Mount, bundle: &Path) -> PathBuf {
+    m.source()
+        .as_ref()
+        .map(|s| {
+            if s.is_absolute() {
+                s.clone()
+            } else {
+                bundle.join(s)
+            }
+        })
+        .unwrap_or_default()
+}
+
+/// As runc before a restore: the mount points of bind mounts exist in the rootfs (criu binds
+/// onto them; a fresh rootfs, e.g. `podman restore --import`, lacks files such as
+/// /run/.containerenv). Created through the rootfs, never following its symlinks out.
+fn make_bind_targets(spec: &Spec, bundle: &Path, rootfs: &Path) -> Result<(), ContainerError> {
+    let root = crate::safe_path::Root::open(rootfs)
+        .map_err(|e| ContainerError::Config(format!("rootfs {}: {e}", rootfs.display())))?;
+    for m in spec
+        .mounts()
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .filter(|m| is_bind(m))
+    {
+        let kind = if bind_source(m, bundle).is_dir() {
+            crate::safe_path::Kind::Dir
+        } else {
+            crate::safe_path::Kind::File
+        };
+        root.mkdir_all(m.destination(), kind).map_err(|e| {
+            ContainerError::Config(format!(
+                "mount point {} in the rootfs: {e}",
+                m.destination().display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// Detaches the restore root (and removes its mount point) when dropped.
 struct RootGuard(PathBuf);
 
@@ -392,6 +434,7 @@ pub fn restore(store: &Store, id: &str, opts: &RestoreOptions) -> Result<i32, Co
         // Unmounted whatever happens next: the state directory (removed on failure) must
         // never be walked through the bound rootfs.
         let _unmount = RootGuard(root.clone());
+        make_bind_targets(&b.spec, &b.dir, &b.rootfs)?;
         let extra: Vec<i32> = net_fd.iter().map(|f| f.as_raw_fd()).collect();
         let mut criu = Criu::start(&bin, &extra, log_dir.join("restore.log"))?;
         let run = (|| -> Result<i32, ContainerError> {
@@ -433,17 +476,7 @@ pub fn restore(store: &Store, id: &str, opts: &RestoreOptions) -> Result<i32, Co
             for m in b.spec.mounts().as_deref().unwrap_or(&[]) {
                 let dest = m.destination().display().to_string();
                 if is_bind(m) {
-                    let src = m
-                        .source()
-                        .as_ref()
-                        .map(|s| {
-                            if s.is_absolute() {
-                                s.clone()
-                            } else {
-                                b.dir.join(s)
-                            }
-                        })
-                        .unwrap_or_default();
+                    let src = bind_source(m, &b.dir);
                     o.ext_mnt.push((dest, src.display().to_string()));
                 } else if m.typ().as_deref() == Some("cgroup") {
                     // Each hierarchy shows the container's new cgroup (the one criu is in).
