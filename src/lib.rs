@@ -11,6 +11,7 @@
 
 pub mod bundle;
 pub mod cgroups;
+pub mod checkpoint;
 pub mod container;
 pub mod disk;
 pub mod hooks;

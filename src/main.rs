@@ -111,9 +111,27 @@ fn features() -> serde_json::Value {
             "io.runvz.ub.*": "OpenVZ user beancounters (docs/beancounters.md)",
             "io.runvz.diskspace": "disk quota soft[:hard] in 1 KiB blocks (docs/disk.md)",
             "io.runvz.diskinodes": "inode quota soft[:hard] (docs/disk.md)",
-            "io.runvz.disk.*": "backend=auto|btrfs|image, image=PATH, ephemeral=true (docs/disk.md)"
+            "io.runvz.disk.*": "backend=auto|btrfs|image, image=PATH, ephemeral=true (docs/disk.md)",
+            "org.opencontainers.runc.checkpoint.enabled": "true"
         }
     })
+}
+
+fn criu_flags(a: &cli::CriuArgs) -> container::CriuFlags {
+    container::CriuFlags {
+        tcp_established: a.tcp_established,
+        ext_unix_sk: a.ext_unix_sk,
+        shell_job: a.shell_job,
+        file_locks: a.file_locks,
+        manage_cgroups_mode: a.manage_cgroups_mode.as_deref().map(|m| match m {
+            "none" => 1,
+            "props" => 2,
+            "soft" => 3,
+            "full" => 4,
+            _ => 5,
+        }),
+        lazy_pages: a.lazy_pages,
+    }
 }
 
 fn run(cli: Cli) -> Result<i32> {
@@ -171,6 +189,47 @@ fn run(cli: Cli) -> Result<i32> {
                 cgroups: a.cgroup.clone(),
             };
             return Ok(container::exec(&store, &a.id, &opts)?);
+        }
+        Cmd::Checkpoint(a) => {
+            let criu = cli.criu.clone().unwrap_or_else(|| "criu".into());
+            let page_server = match &a.page_server {
+                Some(s) => {
+                    let (addr, port) = s
+                        .rsplit_once(':')
+                        .and_then(|(h, p)| Some((h.to_string(), p.parse::<i32>().ok()?)))
+                        .with_context(|| format!("--page-server {s}: expected ADDRESS:PORT"))?;
+                    Some((addr, port))
+                }
+                None => None,
+            };
+            let opts = container::CheckpointOptions {
+                criu: &criu,
+                image_path: &a.criu.image_path,
+                work_path: a.criu.work_path.as_deref(),
+                parent_path: a.parent_path.as_deref(),
+                leave_running: a.leave_running,
+                tcp_skip_in_flight: a.tcp_skip_in_flight,
+                link_remap: a.link_remap,
+                pre_dump: a.pre_dump,
+                page_server,
+                status_fd: a.status_fd,
+                flags: criu_flags(&a.criu),
+            };
+            container::checkpoint(&store, &a.id, &opts)?;
+        }
+        Cmd::Restore(a) => {
+            let criu = cli.criu.clone().unwrap_or_else(|| "criu".into());
+            let opts = container::RestoreOptions {
+                criu: &criu,
+                bundle: &a.bundle,
+                image_path: &a.criu.image_path,
+                work_path: a.criu.work_path.as_deref(),
+                detach: a.detach,
+                pid_file: a.pid_file.as_deref(),
+                console_socket: a.console_socket.as_deref(),
+                flags: criu_flags(&a.criu),
+            };
+            return Ok(container::restore(&store, &a.id, &opts)?);
         }
         Cmd::Start { id } => container::start(&store, &id)?,
         Cmd::Pause { id } => container::pause(&store, &id, true)?,

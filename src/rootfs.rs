@@ -419,7 +419,7 @@ fn remount_bind(root: &Root, dest: &Path, flags: MsFlags) -> Result<(), RootfsEr
 }
 
 /// Host cgroup mount points (v1 hierarchies and cgroup2), from /proc/self/mountinfo.
-fn host_cgroup_mounts() -> Vec<(PathBuf, String, String)> {
+pub fn host_cgroup_mounts() -> Vec<(PathBuf, String, String)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut out = vec![];
     for line in info.lines() {
@@ -811,6 +811,40 @@ pub fn sysctls(spec: &Spec) -> Result<(), RootfsError> {
 }
 
 /// Masked paths, read-only paths, the read-only root and the rootfs propagation (after pivot).
+/// As runc: stdio that is the host's /dev/null (conmon, `run -d </dev/null`) is reopened as
+/// the container's /dev/null, so that no file of the host's mounts stays open in the container
+/// (criu cannot dump such an fd: "Can't lookup mount"). No-op without a null device in /dev.
+pub fn reopen_dev_null() -> Result<(), RootfsError> {
+    let root = Root::open(Path::new("/"))?;
+    let Ok(null) = root.open_no_symlinks(Path::new("/dev/null"), libc::O_RDWR | libc::O_CLOEXEC)
+    else {
+        return Ok(());
+    };
+    let io = |e| RootfsError::Other {
+        what: "/dev/null".into(),
+        source: e,
+    };
+    let nst = sys::fstat(&null).map_err(io)?;
+    let is_null = |st: &libc::stat| {
+        st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == nix::sys::stat::makedev(1, 3)
+    };
+    if !is_null(&nst) {
+        return Ok(());
+    }
+    for fd in 0..3 {
+        // SAFETY: fds 0..2 are borrowed only for this fstat.
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let Ok(st) = sys::fstat(&b) else { continue };
+        if is_null(&st) && (st.st_dev, st.st_ino) != (nst.st_dev, nst.st_ino) {
+            // SAFETY: dup2 of an fd we own onto a stdio number.
+            if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+                return Err(io(std::io::Error::last_os_error()));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn finish(spec: &Spec) -> Result<(), RootfsError> {
     let linux = spec.linux().as_ref();
     let root = Root::open(Path::new("/"))?;

@@ -87,7 +87,7 @@ impl CmdOutput {
         self.code == Some(0)
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         format!(
             "command: {}\nexit: {}{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
             self.cmdline,

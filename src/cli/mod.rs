@@ -31,7 +31,7 @@ pub struct Cli {
     /// Accepted for runc compatibility (true|false|auto); runvz runs as root.
     #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true")]
     pub rootless: Option<String>,
-    /// Path of the criu binary (checkpoint is not supported yet).
+    /// The criu binary for checkpoint/restore (a path, or a name looked up in PATH).
     #[arg(long, global = true)]
     pub criu: Option<PathBuf>,
     /// Print the version.
@@ -39,6 +39,103 @@ pub struct Cli {
     pub version: bool,
     #[command(subcommand)]
     pub cmd: Option<Cmd>,
+}
+
+/// CRIU options checkpoint and restore share (runc's flags).
+#[derive(clap::Args, Debug)]
+pub struct CriuArgs {
+    /// Path for saving criu image files.
+    #[arg(long = "image-path", default_value = "checkpoint")]
+    pub image_path: PathBuf,
+    /// Path for saving work files and logs (default: the image path).
+    #[arg(long = "work-path")]
+    pub work_path: Option<PathBuf>,
+    /// Allow open TCP connections.
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    /// Allow external unix sockets.
+    #[arg(long = "ext-unix-sk")]
+    pub ext_unix_sk: bool,
+    /// Allow shell jobs.
+    #[arg(long = "shell-job")]
+    pub shell_job: bool,
+    /// Handle file locks.
+    #[arg(long = "file-locks")]
+    pub file_locks: bool,
+    /// Cgroups mode: none, props, soft, full or strict (default: criu's).
+    #[arg(long = "manage-cgroups-mode", value_parser = ["none", "props", "soft", "full", "strict"])]
+    pub manage_cgroups_mode: Option<String>,
+    /// Use userfaultfd to lazily restore memory pages.
+    #[arg(long = "lazy-pages")]
+    pub lazy_pages: bool,
+    /// Accepted for runc compatibility (namespaces are always dumped).
+    #[arg(long = "empty-ns")]
+    pub empty_ns: Option<String>,
+    /// Accepted for runc compatibility.
+    #[arg(long = "auto-dedup")]
+    pub auto_dedup: bool,
+}
+
+/// Podman repeats flags (`--leave-running --leave-running`): the last one wins.
+#[derive(clap::Args, Debug)]
+#[command(args_override_self = true)]
+pub struct CheckpointArgs {
+    #[command(flatten)]
+    pub criu: CriuArgs,
+    /// Path of a previous (pre-dump) image, relative to the image path.
+    #[arg(long = "parent-path")]
+    pub parent_path: Option<PathBuf>,
+    /// Leave the process running after checkpointing.
+    #[arg(long = "leave-running")]
+    pub leave_running: bool,
+    /// Skip TCP connections still being established (in flight).
+    #[arg(long = "tcp-skip-in-flight")]
+    pub tcp_skip_in_flight: bool,
+    /// Allow criu to link-remap deleted but open files.
+    #[arg(long = "link-remap")]
+    pub link_remap: bool,
+    /// Dump memory only, leave the container running (needs soft-dirty tracking).
+    #[arg(long = "pre-dump")]
+    pub pre_dump: bool,
+    /// ADDRESS:PORT of a page server.
+    #[arg(long = "page-server")]
+    pub page_server: Option<String>,
+    /// Fd criu writes \0 to when the lazy-pages server is ready.
+    #[arg(long = "status-fd")]
+    pub status_fd: Option<i32>,
+    pub id: String,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(args_override_self = true)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub criu: CriuArgs,
+    /// Path to the bundle directory.
+    #[arg(short = 'b', long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Do not wait for the restored container.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// File to write the restored init's PID to.
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Unix socket to send the pty master to (terminal: true).
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    /// Accepted for runc compatibility.
+    #[arg(long = "no-subreaper")]
+    pub no_subreaper: bool,
+    /// Accepted for runc compatibility (criu restores the root as it was).
+    #[arg(long = "no-pivot")]
+    pub no_pivot: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long = "lsm-profile")]
+    pub lsm_profile: Option<String>,
+    /// Accepted for runc compatibility.
+    #[arg(long = "lsm-mount-context")]
+    pub lsm_mount_context: Option<String>,
+    pub id: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -356,6 +453,10 @@ pub enum Cmd {
         #[arg(long = "no-subreaper")]
         no_subreaper: bool,
     },
+    /// Checkpoint a running container with CRIU (it stops unless --leave-running).
+    Checkpoint(Box<CheckpointArgs>),
+    /// Restore a container from a CRIU checkpoint.
+    Restore(Box<RestoreArgs>),
     /// List containers.
     List {
         #[arg(short = 'f', long, default_value = "table", value_parser = ["table", "json"])]
@@ -528,6 +629,25 @@ const LONG: &[&str] = &[
     "systemd-cgroup",
     "rootless",
     "criu",
+    "image-path",
+    "work-path",
+    "parent-path",
+    "leave-running",
+    "tcp-established",
+    "tcp-skip-in-flight",
+    "ext-unix-sk",
+    "shell-job",
+    "file-locks",
+    "link-remap",
+    "pre-dump",
+    "page-server",
+    "status-fd",
+    "lazy-pages",
+    "manage-cgroups-mode",
+    "empty-ns",
+    "auto-dedup",
+    "lsm-profile",
+    "lsm-mount-context",
     "bundle",
     "console-socket",
     "pidfd-socket",

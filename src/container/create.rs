@@ -38,8 +38,43 @@ pub(super) fn write_pid_file(path: &Path, pid: i32, id: &str) -> Result<(), Cont
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// Load a bundle and map its io.runvz.* annotations onto the spec (before anything is made).
+pub(super) fn load_bundle(
+    path: &Path,
+) -> Result<(Bundle, crate::ub::Settings, crate::ub::apply::Plan), ContainerError> {
+    let mut b = Bundle::load(path)?;
+    let ub_settings =
+        crate::ub::from_annotations(b.spec.annotations().as_ref().unwrap_or(&Default::default()))?;
+    let layout = if crate::cgroups::host_is_v2() {
+        crate::ub::apply::Layout::V2
+    } else {
+        crate::ub::apply::Layout::V1
+    };
+    let ub_plan = crate::ub::apply::apply(&ub_settings, &mut b.spec, layout, &b.rootfs)?;
+    for w in ub_plan.overrides.iter().chain(&ub_plan.warnings) {
+        tracing::warn!("{w}");
+    }
+    Ok((b, ub_settings, ub_plan))
+}
+
+/// Cgroup files libcgroups does not write (BFQ weight, v2 memory.high, cpu.weight).
+pub(super) fn write_ub_files(
+    cgroup: &Cgroup,
+    ub_plan: &crate::ub::apply::Plan,
+) -> Result<(), ContainerError> {
+    for (ctrl, file, value) in &ub_plan.cgroup_files {
+        cgroup.write_file(ctrl, file, value)?;
+    }
+    if let Some(w) = ub_plan.io_weight {
+        if let Some(warning) = crate::ub::apply::write_io_weight(cgroup, w)? {
+            tracing::warn!("{warning}");
+        }
+    }
+    Ok(())
+}
+
 /// Undo a failed create: kill and remove the cgroup (with everything in it), then the record.
-fn abandon(locked: Locked, cgroup: Option<&Cgroup>, pid: i32, rec: &Record) {
+pub(super) fn abandon(locked: Locked, cgroup: Option<&Cgroup>, pid: i32, rec: &Record) {
     if pid > 0 {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
     }
@@ -71,7 +106,11 @@ pub fn create(store: &Store, id: &str, opts: &CreateOptions) -> Result<Container
 }
 
 /// Connect to the caller's console socket (as the host's root, before any namespace).
-fn connect_console(path: &Path, id: &str, min_fd: i32) -> Result<OwnedFd, ContainerError> {
+pub(super) fn connect_console(
+    path: &Path,
+    id: &str,
+    min_fd: i32,
+) -> Result<OwnedFd, ContainerError> {
     let io = |source| ContainerError::Io {
         id: id.into(),
         what: format!("--console-socket {}", path.display()),
@@ -90,20 +129,8 @@ pub(super) fn create_with_console(
     own_console: bool,
 ) -> Result<(Container, Option<std::os::unix::net::UnixStream>), ContainerError> {
     bundle::validate_id(id).map_err(ContainerError::InvalidId)?;
-    let mut b = Bundle::load(opts.bundle)?;
-    // io.runvz.* annotations: parsed and mapped onto the spec before anything is made.
-    let ub_settings =
-        crate::ub::from_annotations(b.spec.annotations().as_ref().unwrap_or(&Default::default()))?;
-    let layout = if crate::cgroups::host_is_v2() {
-        crate::ub::apply::Layout::V2
-    } else {
-        crate::ub::apply::Layout::V1
-    };
-    let ub_plan = crate::ub::apply::apply(&ub_settings, &mut b.spec, layout, &b.rootfs)?;
+    let (b, ub_settings, ub_plan) = load_bundle(opts.bundle)?;
     let disk_plan = crate::disk::Plan::new(&ub_settings.disk, &b.dir, &b.rootfs)?;
-    for w in ub_plan.overrides.iter().chain(&ub_plan.warnings) {
-        tracing::warn!("{w}");
-    }
     // io.runvz.net.*: parsed here; the host is checked just before the record is made.
     let net = crate::net::Plan::from_spec(&b.spec)?;
     let linux = b.spec.linux().as_ref();
@@ -259,22 +286,9 @@ pub(super) fn create_with_console(
             return Err(e.into());
         }
     };
-    // Cgroup files libcgroups does not write (BFQ weight, v2 memory.high, cpu.weight).
-    for (ctrl, file, value) in &ub_plan.cgroup_files {
-        if let Err(e) = cgroup.write_file(ctrl, file, value) {
-            abandon(locked, Some(&cgroup), pid, &rec);
-            return Err(e.into());
-        }
-    }
-    if let Some(w) = ub_plan.io_weight {
-        match crate::ub::apply::write_io_weight(&cgroup, w) {
-            Ok(Some(warning)) => tracing::warn!("{warning}"),
-            Ok(None) => {}
-            Err(e) => {
-                abandon(locked, Some(&cgroup), pid, &rec);
-                return Err(e.into());
-            }
-        }
+    if let Err(e) = write_ub_files(&cgroup, &ub_plan) {
+        abandon(locked, Some(&cgroup), pid, &rec);
+        return Err(e);
     }
     rec.status = Status::Created;
     rec.creator_pid = 0;

@@ -5,12 +5,14 @@
 //! the kernel says (is the init alive, is it the same process). `Container::status` combines
 //! them, so a crashed runtime or a killed container never leaves a status that lies.
 
+mod checkpoint;
 mod create;
 mod events;
 mod exec;
 mod ops;
 mod ub;
 
+pub use checkpoint::{checkpoint, restore, CheckpointOptions, CriuFlags, RestoreOptions};
 pub use create::{create, CreateOptions};
 pub use events::{events, stats, Event};
 pub use exec::{exec, ExecOptions};
@@ -44,6 +46,8 @@ pub enum ContainerError {
     Disk(#[from] crate::disk::DiskError),
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
     #[error("{0}")]
     InvalidId(String),
     #[error("{0}")]

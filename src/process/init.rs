@@ -93,6 +93,9 @@ fn setup<'a>(cfg: &InitConfig<'a>, chan: &Channel) -> Result<Option<Start<'a>>, 
         .unwrap_or_default();
     let start_state = hooks::state_json(spec, cfg.id, "created", hooks::host_pid(), cfg.bundle);
     rootfs::pivot(cfg.rootfs, cfg.no_pivot, opts.own_mountns)?;
+    if opts.own_mountns {
+        rootfs::reopen_dev_null()?;
+    }
     rootfs::set_names(spec)?;
     rootfs::sysctls(spec)?;
     rootfs::finish(spec)?;

@@ -77,14 +77,7 @@ pub fn setup_console(
     if bind_console {
         mount_console(&slave)?;
     }
-    let fds = [master.as_raw_fd()];
-    let cmsg = [ControlMessage::ScmRights(&fds)];
-    let name = b"/dev/ptmx";
-    let iov = [io::IoSlice::new(name)];
-    sendmsg::<()>(socket, &iov, &cmsg, MsgFlags::empty(), None).map_err(|e| TtyError::Io {
-        what: "sending the pty master",
-        source: e.into(),
-    })?;
+    send_master(socket, &master)?;
     drop(master);
     for fd in 0..3 {
         // SAFETY: dup2 onto the stdio numbers; the old stdio fds are replaced.
@@ -185,6 +178,19 @@ fn mount_console(slave: &OwnedFd) -> Result<(), TtyError> {
 }
 
 /// Receive a pty master sent with SCM_RIGHTS on `sock`.
+/// Send a pty master over a console socket (as runc: one SCM_RIGHTS fd, named "/dev/ptmx").
+pub fn send_master(socket: RawFd, master: &impl AsRawFd) -> Result<(), TtyError> {
+    let fds = [master.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let name = b"/dev/ptmx";
+    let iov = [io::IoSlice::new(name)];
+    sendmsg::<()>(socket, &iov, &cmsg, MsgFlags::empty(), None).map_err(|e| TtyError::Io {
+        what: "sending the pty master",
+        source: e.into(),
+    })?;
+    Ok(())
+}
+
 pub fn recv_master(sock: RawFd) -> Result<OwnedFd, TtyError> {
     let mut buf = [0u8; 4096];
     let mut iov = [io::IoSliceMut::new(&mut buf)];

@@ -7,6 +7,7 @@
 mod attacks;
 mod beancounters;
 mod cgroups;
+mod checkpoint;
 mod commands;
 mod crash;
 mod disk;
