@@ -393,8 +393,7 @@ impl Pod<'_> {
         for root in roots {
             let d = root.join(self.cgroup_parent.trim_start_matches('/'));
             if d.is_dir() {
-                std::fs::remove_dir(&d)
-                    .with_context(|| format!("pod cgroup {} not empty", d.display()))?;
+                remove_pod_cgroup(&d)?;
             }
         }
         if self.log_dir.exists() {
@@ -402,6 +401,35 @@ impl Pod<'_> {
         }
         Ok(())
     }
+}
+
+/// Removes a pod cgroup, waiting up to 2 s for the containers' cgroups to go. runc 1.1 sometimes
+/// leaves a container's (empty) cgroup in the name=systemd or cgroup2 hierarchy: that is
+/// reported and removed for the reference handler, and a failure for runvz.
+fn remove_pod_cgroup(d: &Path) -> Result<()> {
+    for _ in 0..20 {
+        if std::fs::remove_dir(d).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let children: Vec<PathBuf> = std::fs::read_dir(d)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    if is_runvz() || children.is_empty() {
+        bail!("pod cgroup {} not empty: {children:?}", d.display());
+    }
+    for c in &children {
+        eprintln!(
+            "NOTE: handler {} left the cgroup {}",
+            handler(),
+            c.display()
+        );
+        std::fs::remove_dir(c).with_context(|| format!("remove {}", c.display()))?;
+    }
+    std::fs::remove_dir(d).with_context(|| format!("remove {}", d.display()))
 }
 
 impl Drop for Pod<'_> {

@@ -156,12 +156,18 @@ fn ub_annotations_hold_the_pod() -> Result<()> {
         p.annotations = HashMap::from([
             ("io.runvz.ub.numproc".to_string(), "16:16".to_string()),
             ("io.runvz.ram".to_string(), "48M".to_string()),
+            ("io.runvz.cpuunits".to_string(), "2000".to_string()),
         ]);
     })?;
     let id = pod.run("main", &["sleep", "1000"], |_| {})?;
     ensure!(
         pod.cgroup_file("pids", &id, "pids.max")? == "16",
         "pids.max is not numproc's limit"
+    );
+    // cpuunits N -> cpu.shares N*1024/1000
+    ensure!(
+        pod.cgroup_file("cpu", &id, "cpu.shares")? == "2048",
+        "cpu.shares is not io.runvz.cpuunits"
     );
     ensure!(
         pod.cgroup_file("memory", &id, "memory.limit_in_bytes")? == (48u64 << 20).to_string(),
@@ -321,5 +327,80 @@ fn shared_pid_namespace_and_network() -> Result<()> {
         "no CNI address on eth0: {ip:?}"
     );
     let _ = b;
+    Ok(())
+}
+
+#[test]
+fn seccomp_runtime_default_and_unconfined() -> Result<()> {
+    let c = Cri::connect()?;
+    let pod = c.pod("seccomp", |_| {})?;
+    let profile = |t: cri::security_profile::ProfileType| {
+        move |cfg: &mut cri::ContainerConfig| {
+            security(cfg).seccomp = Some(cri::SecurityProfile {
+                profile_type: t as i32,
+                ..Default::default()
+            });
+        }
+    };
+    let def = pod.run(
+        "default",
+        &["sleep", "1000"],
+        profile(cri::security_profile::ProfileType::RuntimeDefault),
+    )?;
+    let unc = pod.run(
+        "unconfined",
+        &["sleep", "1000"],
+        profile(cri::security_profile::ProfileType::Unconfined),
+    )?;
+    let mode = |id: &str| pod.sh(id, "grep '^Seccomp:' /proc/self/status | tr -d '\\t '");
+    ensure!(
+        mode(&def)? == "Seccomp:2",
+        "RuntimeDefault: no seccomp filter"
+    );
+    ensure!(mode(&unc)? == "Seccomp:0", "Unconfined: a seccomp filter");
+    Ok(())
+}
+
+#[test]
+fn privileged_container() -> Result<()> {
+    let c = Cri::connect()?;
+    let pod = c.pod("privileged", |p| {
+        p.linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default)
+            .privileged = true;
+    })?;
+    let plain = pod.run("plain", &["sleep", "1000"], |_| {})?;
+    let priv_id = pod.run("priv", &["sleep", "1000"], |cfg| {
+        security(cfg).privileged = true;
+    })?;
+    let caps = |id: &str| pod.sh(id, "grep '^CapEff:' /proc/self/status | cut -f2");
+    let (p, q) = (caps(&priv_id)?, caps(&plain)?);
+    ensure!(p != q, "privileged has the default capabilities {p}");
+    ensure!(
+        u64::from_str_radix(&p, 16)? >> 21 & 1 == 1,
+        "privileged lacks CAP_SYS_ADMIN: {p}"
+    );
+    // CAP_NET_ADMIN in the pod's network namespace.
+    pod.sh(
+        &priv_id,
+        "ip link add rvza0 type veth peer name rvzb0 && ip link del rvza0",
+    )?;
+    // the host's devices (sysfs stays read-only: containerd makes it writable only with host network)
+    let devs = |id: &str| pod.sh(id, "ls /dev | wc -l");
+    let (dp, dq) = (
+        devs(&priv_id)?.parse::<u32>()?,
+        devs(&plain)?.parse::<u32>()?,
+    );
+    ensure!(
+        dp > dq + 10,
+        "privileged sees {dp} /dev entries, plain {dq}"
+    );
+    let r = pod.exec_sync(
+        &plain,
+        &["sh", "-c", "ip link add rvza1 type veth peer name rvzb1"],
+    )?;
+    ensure!(r.exit_code != 0, "unprivileged container could add a link");
     Ok(())
 }
