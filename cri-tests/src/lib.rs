@@ -467,3 +467,85 @@ pub fn beancounters(id: &str) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Output of an Exec through containerd's streaming server.
+pub struct Streamed {
+    /// stdout (with a tty: the terminal's output, stderr merged).
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// The v4 error channel's final status (`{"status":"Success",...}` on exit code 0).
+    pub status: String,
+}
+
+impl Pod<'_> {
+    /// CRI Exec (as `kubectl exec`), then the streaming URL over a websocket
+    /// (`v4.channel.k8s.io`: one byte of channel, then data). The streaming server listens on
+    /// 127.0.0.1 inside containerd's network namespace: the TCP connection is made there.
+    pub fn exec_streamed(&self, id: &str, cmd: &[&str], tty: bool) -> Result<Streamed> {
+        let req = cri::ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty,
+            // as `kubectl exec -t` does: containerd 1.6 drops a tty's output without stdin
+            stdin: tty,
+            stdout: true,
+            stderr: !tty,
+        };
+        let url = self.cri.call("Exec", self.cri.rs().exec(req))?.url;
+        let hostport = url
+            .strip_prefix("http://")
+            .and_then(|r| r.split('/').next())
+            .with_context(|| format!("Exec: unexpected URL {url}"))?
+            .to_string();
+        let tcp = connect_in_netns(&hostport)?;
+        use tungstenite::client::IntoClientRequest;
+        let mut wsreq = url.replacen("http://", "ws://", 1).into_client_request()?;
+        wsreq
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "v4.channel.k8s.io".parse()?);
+        let (mut ws, _) = tungstenite::client::client(wsreq, tcp)
+            .map_err(|e| anyhow::anyhow!("websocket to {url}: {e}"))?;
+        let mut out = Streamed {
+            stdout: vec![],
+            stderr: vec![],
+            status: String::new(),
+        };
+        loop {
+            match ws.read() {
+                Ok(tungstenite::Message::Binary(d)) if !d.is_empty() => match d[0] {
+                    1 => out.stdout.extend_from_slice(&d[1..]),
+                    2 => out.stderr.extend_from_slice(&d[1..]),
+                    3 => out.status.push_str(&String::from_utf8_lossy(&d[1..])),
+                    _ => {}
+                },
+                Ok(tungstenite::Message::Close(_)) => break,
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed)
+                | Err(tungstenite::Error::AlreadyClosed) => break,
+                // the server may drop the TCP connection without a close frame once it is done
+                Err(_) if !out.status.is_empty() => break,
+                Err(e) => bail!("websocket read: {e}"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A TCP connection made from inside containerd's network namespace (`CRI_NETNS`, default
+/// runvz-cri), by a thread that enters it; the socket stays in that namespace.
+fn connect_in_netns(hostport: &str) -> Result<std::net::TcpStream> {
+    let ns = std::env::var("CRI_NETNS").unwrap_or_else(|_| "runvz-cri".into());
+    let hostport = hostport.to_string();
+    std::thread::spawn(move || -> Result<std::net::TcpStream> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(format!("/run/netns/{ns}"))
+            .with_context(|| format!("open netns {ns}"))?;
+        // SAFETY: setns on a valid namespace fd; it changes only this short-lived thread.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {ns}: {}", std::io::Error::last_os_error());
+        }
+        Ok(std::net::TcpStream::connect(&hostport)?)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+}

@@ -404,3 +404,44 @@ fn privileged_container() -> Result<()> {
     ensure!(r.exit_code != 0, "unprivileged container could add a link");
     Ok(())
 }
+
+#[test]
+fn exec_with_tty_through_the_streaming_server() -> Result<()> {
+    let c = Cri::connect()?;
+    let pod = c.pod("stream", |_| {})?;
+    let id = pod.run("main", &["sleep", "1000"], |_| {})?;
+    let t = pod.exec_streamed(&id, &["sh", "-c", "tty; echo streamed-ok"], true)?;
+    let text = String::from_utf8_lossy(&t.stdout).to_string();
+    ensure!(
+        text.contains("/dev/pts/"),
+        "no tty in the exec: {text:?} (status {:?})",
+        t.status
+    );
+    ensure!(
+        text.contains("streamed-ok\r\n"),
+        "tty output without CRLF: {text:?}"
+    );
+    ensure!(t.status.contains("Success"), "status {:?}", t.status);
+    let n = pod.exec_streamed(&id, &["sh", "-c", "tty; echo to-err >&2; exit 4"], false)?;
+    ensure!(
+        String::from_utf8_lossy(&n.stdout).contains("not a tty"),
+        "a tty without tty=true: {:?}",
+        String::from_utf8_lossy(&n.stdout)
+    );
+    ensure!(
+        n.stderr == b"to-err\n",
+        "stderr {:?}",
+        String::from_utf8_lossy(&n.stderr)
+    );
+    ensure!(
+        n.status.contains("exit code") || n.status.contains("ExitCode"),
+        "status of exit 4: {:?}",
+        n.status
+    );
+    ensure!(
+        n.status.contains('4'),
+        "status does not carry exit code 4: {:?}",
+        n.status
+    );
+    Ok(())
+}
