@@ -4,13 +4,15 @@
 //! 1. the CLI (`main.rs`, `cli/`),
 //! 2. the container lifecycle (`container`),
 //! 3. process setup (`process`),
-//! 4. the subsystems (`rootfs`, `namespaces`, `cgroups`, `hooks`, `seccomp`, `ub`, `net`),
+//! 4. the subsystems (`rootfs`, `namespaces`, `cgroups`, `hooks`, `seccomp`, `ub`, `disk`,
+//!    `net`),
 //! 5. syscall wrappers, in-rootfs paths, the bundle, the state store (`sys`, `safe_path`,
 //!    `bundle`, `state`, `signal`).
 
 pub mod bundle;
 pub mod cgroups;
 pub mod container;
+pub mod disk;
 pub mod hooks;
 pub mod namespaces;
 pub mod net;

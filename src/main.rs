@@ -107,7 +107,12 @@ fn features() -> serde_json::Value {
             "intelRdt": {"enabled": false},
             "mountExtensions": {"idmap": {"enabled": false}}
         },
-        "annotations": {"io.runvz.ub.*": "OpenVZ user beancounters (docs/beancounters.md)"}
+        "annotations": {
+            "io.runvz.ub.*": "OpenVZ user beancounters (docs/beancounters.md)",
+            "io.runvz.diskspace": "disk quota soft[:hard] in 1 KiB blocks (docs/disk.md)",
+            "io.runvz.diskinodes": "inode quota soft[:hard] (docs/disk.md)",
+            "io.runvz.disk.*": "backend=auto|btrfs|image, image=PATH, ephemeral=true (docs/disk.md)"
+        }
     })
 }
 

@@ -100,6 +100,9 @@ pub struct Record {
     /// The OpenVZ settings in force (from the io.runvz.* annotations, changed by `set`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ub: Option<serde_json::Value>,
+    /// The disk quota setup (`disk::Made`), recorded before each part of it is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<serde_json::Value>,
     /// Host network links the runtime makes for this container (recorded before they are
     /// made; `delete` removes them, and with them their peers, routes and qdiscs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -424,6 +427,7 @@ mod tests {
             creator_start: 0,
             config: None,
             ub: None,
+            disk: None,
             net_links: Vec::new(),
         };
         let l = store.claim("c1", &rec).unwrap();

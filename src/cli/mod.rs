@@ -231,6 +231,12 @@ pub struct UbFlags {
     pub iolimit: Option<String>,
     #[arg(long)]
     pub iopslimit: Option<String>,
+    /// Disk space soft[:hard] in 1 KiB blocks (K/M/G/T suffixes); raised online.
+    #[arg(long)]
+    pub diskspace: Option<String>,
+    /// Disk inodes soft[:hard].
+    #[arg(long)]
+    pub diskinodes: Option<String>,
 }
 
 impl UbFlags {
@@ -268,6 +274,8 @@ impl UbFlags {
             ("ioprio", &self.ioprio),
             ("iolimit", &self.iolimit),
             ("iopslimit", &self.iopslimit),
+            ("diskspace", &self.diskspace),
+            ("diskinodes", &self.diskinodes),
         ];
         // The VSwap shortcuts first, so that explicit ub values win, as in annotations.
         let mut out: Vec<(String, String)> = other

@@ -56,6 +56,13 @@ fn abandon(locked: Locked, cgroup: Option<&Cgroup>, pid: i32, rec: &Record) {
             tracing::warn!("cleaning up after failed create: {e}");
         }
     }
+    if let Some(d) = crate::disk::Made::from_record(rec.disk.as_ref()) {
+        if let Err(e) = crate::disk::teardown(&d, true) {
+            // The state stays, so that `delete --force` can finish the job.
+            tracing::warn!("cleaning up after failed create: {e}");
+            return;
+        }
+    }
     let _ = locked.remove();
 }
 
@@ -93,6 +100,7 @@ pub(super) fn create_with_console(
         crate::ub::apply::Layout::V1
     };
     let ub_plan = crate::ub::apply::apply(&ub_settings, &mut b.spec, layout, &b.rootfs)?;
+    let disk_plan = crate::disk::Plan::new(&ub_settings.disk, &b.dir, &b.rootfs)?;
     for w in ub_plan.overrides.iter().chain(&ub_plan.warnings) {
         tracing::warn!("{w}");
     }
@@ -159,8 +167,14 @@ pub(super) fn create_with_console(
         ub: (!ub_settings.is_empty())
             .then(|| serde_json::to_value(&ub_settings).ok())
             .flatten(),
+        disk: None,
         net_links: net.as_ref().map(|n| n.host_links(id)).unwrap_or_default(),
     };
+    let mut disk_made = disk_plan
+        .as_ref()
+        .map(|p| p.intent(&store.root().join(id).join("disk")))
+        .transpose()?;
+    rec.disk = disk_made.as_ref().and_then(|m| m.to_record());
     let locked = store.claim(id, &rec)?;
     let fifo: PathBuf = locked.fifo_path();
     if let Err(e) = nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)) {
@@ -178,11 +192,29 @@ pub(super) fn create_with_console(
             return Err(e.into());
         }
     };
+    // With a disk quota the container's root is the runtime's overlay, not the bundle rootfs.
+    let root = match (&disk_plan, disk_made.as_mut()) {
+        (Some(plan), Some(made)) => {
+            let r = crate::disk::setup(plan, made, &mut |m| {
+                rec.disk = m.to_record();
+                locked.write(&rec).map_err(|e| e.to_string())
+            });
+            rec.disk = made.to_record();
+            match r {
+                Ok(root) => root,
+                Err(e) => {
+                    abandon(locked, Some(&cgroup), 0, &rec);
+                    return Err(e.into());
+                }
+            }
+        }
+        _ => b.rootfs.clone(),
+    };
     let cfg = InitConfig {
         id,
         spec: &b.spec,
         bundle: &b.dir,
-        rootfs: &b.rootfs,
+        rootfs: &root,
         fifo: &fifo,
         no_pivot: opts.no_pivot,
         preserve_fds: opts.preserve_fds,

@@ -41,6 +41,8 @@ pub enum ContainerError {
     #[error(transparent)]
     Ub(#[from] crate::ub::UbError),
     #[error(transparent)]
+    Disk(#[from] crate::disk::DiskError),
+    #[error(transparent)]
     Net(#[from] crate::net::NetError),
     #[error("{0}")]
     InvalidId(String),

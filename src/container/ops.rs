@@ -150,7 +150,15 @@ pub fn kill(store: &Store, id: &str, sig: Signal, all: bool) -> Result<(), Conta
             return Ok(());
         }
     }
-    signal_init(&c, sig)
+    signal_init(&c, sig)?;
+    // A frozen init cannot die: after SIGKILL thaw it, as runc does (containerd's `task kill -s
+    // SIGKILL` of a paused task would leave it paused forever).
+    if st == Status::Paused && sig == Signal::SIGKILL {
+        if let Some(cg) = c.cgroup() {
+            let _ = cg.freeze(false);
+        }
+    }
+    Ok(())
 }
 
 /// Signal the init through a pidfd, after checking it is still the same process.
@@ -203,8 +211,8 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), ContainerError
     // A create killed before its record was in place leaves only a staging directory.
     let swept = store.sweep_staging(id);
     let locked = match store.lock(id) {
-        // As runc: `delete --force` of a container that does not exist succeeds (callers
-        // clean up after failures with it).
+        // `delete --force` of a missing container succeeds, as runc's does: Podman cleans up a
+        // failed create that way and would report the "does not exist" over the real error.
         Err(crate::state::StateError::NotFound(_)) if swept > 0 || force => return Ok(()),
         other => other?,
     };
@@ -259,6 +267,10 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), ContainerError
             what: e.to_string(),
             source: std::io::Error::from_raw_os_error(libc::EBUSY),
         })?;
+    }
+    if let Some(d) = crate::disk::Made::from_record(c.rec.disk.as_ref()) {
+        // A create that never finished leaves nothing, not even the image it made.
+        crate::disk::teardown(&d, c.rec.status == Status::Creating)?;
     }
     let post = hooks_of(&c, "poststop");
     if !post.is_empty() {

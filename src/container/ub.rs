@@ -49,7 +49,10 @@ pub fn beancounters(
         let mut pids = cg.pids();
         pids.retain(|p| *p != c.rec.pid);
         pids.insert(0, c.rec.pid);
-        let usage = ub::usage::measure(&cg, &pids, c.rec.pid);
+        let mut usage = ub::usage::measure(&cg, &pids, c.rec.pid);
+        if let Some(d) = crate::disk::Made::from_record(c.rec.disk.as_ref()) {
+            usage.extend(crate::disk::usage(&d));
+        }
         // The highest usage seen, for counters the kernel keeps no maximum of.
         let seen_path = c.dir.join(SEEN);
         let mut seen: BTreeMap<Param, u64> = std::fs::read(&seen_path)
@@ -57,6 +60,9 @@ pub fn beancounters(
             .and_then(|d| serde_json::from_slice(&d).ok())
             .unwrap_or_default();
         let rows = table::rows(&settings_of(&c), &usage, &mut seen);
+        for w in table::soft_warnings(id, &rows) {
+            tracing::warn!("{w}");
+        }
         if let Ok(data) = serde_json::to_vec(&seen) {
             let tmp = c.dir.join(".ub-maxheld.tmp");
             if std::fs::write(&tmp, data).is_ok() {
@@ -81,8 +87,26 @@ pub fn set(
     for (k, v) in changes {
         ub::set_one(&mut patch, k, v)?;
     }
-    let mut merged = settings_of(&c);
+    let old = settings_of(&c);
+    let mut merged = old.clone();
     merged.merge(&patch);
+    let d = &patch.disk;
+    if d.backend.is_some() || d.image.is_some() || d.ephemeral.is_some() {
+        return Err(ContainerError::Config(format!(
+            "container {id}: the disk backend, image and ephemeral flag are fixed at create"
+        )));
+    }
+    if d.space.is_some() || d.inodes.is_some() {
+        let made = crate::disk::Made::from_record(c.rec.disk.as_ref()).ok_or_else(|| {
+            ContainerError::Config(format!(
+                "container {id}: it was created without a disk quota (io.runvz.diskspace)"
+            ))
+        })?;
+        let inodes = d
+            .inodes
+            .filter(|l| old.disk.inodes.is_none_or(|o| o.limit != l.limit));
+        crate::disk::resize(&made, d.space, inodes)?;
+    }
     let mut spec: Spec = c
         .rec
         .config

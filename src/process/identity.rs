@@ -55,7 +55,7 @@ pub fn set_rlimits(limits: &[PosixRlimit]) -> Result<(), IdentityError> {
             let mut source = io::Error::last_os_error();
             if source.raw_os_error() == Some(libc::EPERM) {
                 source = io::Error::other(
-                    "EPERM: raising a hard limit above the current one needs CAP_SYS_RESOURCE",
+                    "Operation not permitted (EPERM): raising a hard limit above the current one needs CAP_SYS_RESOURCE",
                 );
             }
             return Err(IdentityError::Rlimit {
@@ -226,6 +226,35 @@ pub fn switch_user(
     Ok(())
 }
 
+/// The home directory of `uid` in the container's /etc/passwd (read from the current root), or
+/// "/" when there is no entry: what runc puts in HOME when process.env has none.
+pub fn home_of(uid: u32) -> String {
+    let passwd = std::fs::read("/etc/passwd").unwrap_or_default();
+    home_in(&String::from_utf8_lossy(&passwd), uid).unwrap_or_else(|| "/".into())
+}
+
+/// name:password:uid:gid:gecos:home:shell
+fn home_in(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 6 && f[2].parse() == Ok(uid) && !f[5].is_empty()).then(|| f[5].to_string())
+    })
+}
+
 pub fn no_new_privs() -> Result<(), IdentityError> {
     crate::sys::set_no_new_privs().map_err(IdentityError::NoNewPrivs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::home_in;
+
+    #[test]
+    fn home_from_passwd() {
+        let pw = "root:x:0:0:root:/root:/bin/sh\nbad line\nnohome:x:7:7::::\ntest:x:1000:1000:t:/home/test:/bin/sh\n";
+        assert_eq!(home_in(pw, 0).as_deref(), Some("/root"));
+        assert_eq!(home_in(pw, 1000).as_deref(), Some("/home/test"));
+        assert_eq!(home_in(pw, 7), None);
+        assert_eq!(home_in(pw, 12345), None);
+    }
 }

@@ -161,7 +161,11 @@ fn cstring(s: &str, what: &str) -> Result<CString, UserProcessError> {
 fn resolve<'a>(p: &Process) -> Result<Exec<'a>, UserProcessError> {
     let args = p.args().as_deref().unwrap_or(&[]);
     let prog = args.first().ok_or_else(|| msg("process.args is empty"))?;
-    let env: Vec<String> = p.env().clone().unwrap_or_default();
+    let mut env: Vec<String> = p.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        // As runc: HOME from the container's passwd entry of the user, "/" without one.
+        env.push(format!("HOME={}", identity::home_of(p.user().uid())));
+    }
     let path: PathBuf = if prog.contains('/') {
         PathBuf::from(prog)
     } else {
@@ -179,11 +183,20 @@ fn resolve<'a>(p: &Process) -> Result<Exec<'a>, UserProcessError> {
                 ))
             })?
     };
-    if !path.exists() {
+    // Checked before `start`, as runc does: a missing or non-executable program (a directory,
+    // a file without x bits) fails the create, and the engine reports it then.
+    let errno = if !path.exists() {
+        libc::ENOENT
+    } else if !is_executable(&path) {
+        libc::EACCES
+    } else {
+        0
+    };
+    if errno != 0 {
         return Err(msg(format!(
             "exec: {}: {}",
             path.display(),
-            io::Error::from_raw_os_error(libc::ENOENT)
+            io::Error::from_raw_os_error(errno)
         )));
     }
     Ok(Exec {

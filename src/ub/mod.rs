@@ -8,6 +8,7 @@ pub mod table;
 pub mod usage;
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,8 @@ pub enum Unit {
     Bytes,
     Pages,
     Items,
+    /// 1 KiB blocks (diskspace).
+    Kbytes,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +55,7 @@ impl Unit {
             Unit::Bytes => "bytes",
             Unit::Pages => "pages",
             Unit::Items => "items",
+            Unit::Kbytes => "kbytes",
         }
     }
 }
@@ -92,6 +96,10 @@ pub enum Param {
     Numfile,
     Numiptent,
     Swappages,
+    /// Disk space (1 KiB blocks) and inodes: rows shown after the beancounters when a disk
+    /// limit is set; not `ub.*` keys (they are `io.runvz.diskspace`/`diskinodes`).
+    Diskspace,
+    Diskinodes,
 }
 
 pub const ALL: [Param; 21] = [
@@ -142,6 +150,8 @@ impl Param {
             Param::Numfile => "numfile",
             Param::Numiptent => "numiptent",
             Param::Swappages => "swappages",
+            Param::Diskspace => "diskspace",
+            Param::Diskinodes => "diskinodes",
         }
     }
 
@@ -158,16 +168,16 @@ impl Param {
             Lockedpages | Privvmpages | Shmpages | Physpages | Vmguarpages | Oomguarpages
             | Swappages => Unit::Pages,
             Numproc | Numtcpsock | Numflock | Numpty | Numsiginfo | Numothersock | Numfile
-            | Numiptent => Unit::Items,
+            | Numiptent | Diskinodes => Unit::Items,
+            Diskspace => Unit::Kbytes,
         }
     }
 
     pub fn mode(self) -> Mode {
         use Param::*;
         match self {
-            Numproc | Physpages | Swappages | Shmpages | Numpty | Tcpsndbuf | Tcprcvbuf => {
-                Mode::Aggregate
-            }
+            Numproc | Physpages | Swappages | Shmpages | Numpty | Tcpsndbuf | Tcprcvbuf
+            | Diskspace | Diskinodes => Mode::Aggregate,
             Lockedpages | Privvmpages | Numfile | Numsiginfo => Mode::PerProcess,
             Vmguarpages | Oomguarpages => Mode::Guarantee,
             Kmemsize | Numflock | Numtcpsock | Numothersock | Othersockbuf | Dgramrcvbuf
@@ -190,6 +200,41 @@ impl Limit {
     };
 }
 
+/// `io.runvz.disk.backend`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBackend {
+    #[default]
+    Auto,
+    Btrfs,
+    Image,
+}
+
+/// The disk annotations: `io.runvz.diskspace`, `io.runvz.diskinodes`, `io.runvz.disk.*`
+/// (carried out by `crate::disk`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// Soft:hard space in 1 KiB blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub space: Option<Limit>,
+    /// Soft:hard inodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inodes: Option<Limit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<DiskBackend>,
+    /// The image file (absolute, or relative to the bundle directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral: Option<bool>,
+}
+
+impl Disk {
+    pub fn is_empty(&self) -> bool {
+        *self == Disk::default()
+    }
+}
+
 /// Everything the `io.runvz.*` CPU, I/O and beancounter annotations ask for.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
@@ -204,6 +249,8 @@ pub struct Settings {
     /// Bytes per second; 0 = none.
     pub iolimit: Option<u64>,
     pub iopslimit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Disk::is_empty")]
+    pub disk: Disk,
 }
 
 impl Settings {
@@ -212,7 +259,12 @@ impl Settings {
     }
 
     pub fn get(&self, p: Param) -> Limit {
-        self.ub.get(&p).copied().unwrap_or(Limit::NONE)
+        let v = match p {
+            Param::Diskspace => self.disk.space,
+            Param::Diskinodes => self.disk.inodes,
+            _ => self.ub.get(&p).copied(),
+        };
+        v.unwrap_or(Limit::NONE)
     }
 
     /// Overlay `other` (a `set` call) on these settings.
@@ -222,6 +274,22 @@ impl Settings {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
         take!(cpuunits, cpulimit, cpus, ioprio, iolimit, iopslimit);
+        let (d, o) = (&mut self.disk, &other.disk);
+        if o.space.is_some() {
+            d.space = o.space;
+        }
+        if o.inodes.is_some() {
+            d.inodes = o.inodes;
+        }
+        if o.backend.is_some() {
+            d.backend = o.backend;
+        }
+        if o.image.is_some() {
+            d.image.clone_from(&o.image);
+        }
+        if o.ephemeral.is_some() {
+            d.ephemeral = o.ephemeral;
+        }
     }
 
     /// The CFS quota (µs per 100 ms period) from cpulimit and cpus, the stricter winning.
@@ -236,7 +304,7 @@ impl Settings {
 }
 
 /// Parse one value in `unit`: a number, a number with a K/M/G/T suffix (bytes and pages
-/// only; converted to pages, rounding up, for page parameters), or `unlimited`.
+/// only; converted to pages, or to 1 KiB blocks, rounding up), or `unlimited`.
 pub fn parse_value(key: &str, s: &str, unit: Unit) -> Result<u64, UbError> {
     let s = s.trim();
     if s == "unlimited" {
@@ -272,10 +340,10 @@ pub fn parse_value(key: &str, s: &str, unit: Unit) -> Result<u64, UbError> {
     let v = n
         .checked_mul(mult)
         .ok_or_else(|| bad(key, format!("{s:?} is too large")))?;
-    let v = if mult > 1 && unit == Unit::Pages {
-        v.div_ceil(PAGE)
-    } else {
-        v
+    let v = match unit {
+        Unit::Pages if mult > 1 => v.div_ceil(PAGE),
+        Unit::Kbytes if mult > 1 => v.div_ceil(1024),
+        _ => v,
     };
     if v > UNLIMITED {
         return Err(bad(key, format!("{s:?} is too large")));
@@ -360,10 +428,27 @@ pub fn set_one(st: &mut Settings, key: &str, value: &str) -> Result<(), UbError>
         "ioprio" => st.ioprio = Some(parse_int(&full, value, 0, 7)? as u8),
         "iolimit" => st.iolimit = Some(parse_iolimit(&full, value)?),
         "iopslimit" => st.iopslimit = Some(parse_int(&full, value, 0, u32::MAX as u64)?),
-        "diskspace" | "diskinodes" | "disk.backend" | "disk.image" | "disk.ephemeral" => {
-            return Err(UbError::NotYet {
-                key: full,
-                what: "per-container disk quota",
+        "diskspace" => st.disk.space = Some(parse_pair(&full, value, Unit::Kbytes)?),
+        "diskinodes" => st.disk.inodes = Some(parse_pair(&full, value, Unit::Items)?),
+        "disk.backend" => {
+            st.disk.backend = Some(match value.trim() {
+                "auto" => DiskBackend::Auto,
+                "btrfs" => DiskBackend::Btrfs,
+                "image" => DiskBackend::Image,
+                v => return Err(bad(&full, format!("{v:?} is not auto, btrfs or image"))),
+            })
+        }
+        "disk.image" => {
+            if value.is_empty() || value.contains('\0') {
+                return Err(bad(&full, "expected a file path"));
+            }
+            st.disk.image = Some(PathBuf::from(value));
+        }
+        "disk.ephemeral" => {
+            st.disk.ephemeral = Some(match value.trim() {
+                "true" => true,
+                "false" => false,
+                v => return Err(bad(&full, format!("{v:?} is not true or false"))),
             })
         }
         // Networking is parsed and checked by `net`.

@@ -17,15 +17,22 @@ pub struct Row {
     pub failcnt: u64,
 }
 
-/// The rows of one container. `seen` is the highest usage the runtime has observed per
-/// parameter (for counters the kernel keeps no maximum of); it is updated.
+/// The rows of one container: the beancounters, then diskspace and diskinodes where a disk
+/// limit is set. `seen` is the highest usage the runtime has observed per parameter (for
+/// counters the kernel keeps no maximum of); it is updated.
 pub fn rows(
     st: &Settings,
     usage: &HashMap<Param, Usage>,
     seen: &mut BTreeMap<Param, u64>,
 ) -> Vec<Row> {
+    let disk = [
+        (Param::Diskspace, st.disk.space.is_some()),
+        (Param::Diskinodes, st.disk.inodes.is_some()),
+    ];
     ALL.iter()
-        .map(|&p| {
+        .copied()
+        .chain(disk.iter().filter(|(_, set)| *set).map(|(p, _)| *p))
+        .map(|p| {
             let u = usage.get(&p).copied().unwrap_or_default();
             let max = seen.entry(p).or_insert(0);
             *max = (*max).max(u.held).max(u.maxheld.unwrap_or(0));
@@ -38,6 +45,24 @@ pub fn rows(
                 limit: l.limit,
                 failcnt: u.failcnt,
             }
+        })
+        .collect()
+}
+
+/// Warnings for rows whose usage is above the soft limit (barrier) without a failure
+/// counter of their own: diskspace and diskinodes, whose soft limit nothing enforces.
+pub fn soft_warnings(id: &str, rows: &[Row]) -> Vec<String> {
+    rows.iter()
+        .filter(|r| matches!(r.param, Param::Diskspace | Param::Diskinodes))
+        .filter(|r| r.held > r.barrier)
+        .map(|r| {
+            format!(
+                "container {id}: {} held {} is above its soft limit {} (hard limit {})",
+                r.param.name(),
+                r.held,
+                r.barrier,
+                r.limit
+            )
         })
         .collect()
 }

@@ -111,7 +111,10 @@ fn errors_name_the_key() {
         ("io.runvz.ub.physpages", "99999999999999999999", "too large"),
         ("io.runvz.ub.physpages", "99999999999T", "too large"),
         ("io.runvz.ub.physpages", "", "empty"),
-        ("io.runvz.diskspace", "1G", "not implemented yet"),
+        ("io.runvz.diskspace", "2G:1G", "above limit"),
+        ("io.runvz.diskinodes", "1K", "takes no size suffix"),
+        ("io.runvz.disk.backend", "zfs", "not auto, btrfs or image"),
+        ("io.runvz.disk.ephemeral", "yes", "not true or false"),
     ];
     for (k, v, want) in cases {
         let e = from_annotations(&ann(&[(k, v)])).unwrap_err().to_string();
@@ -159,4 +162,40 @@ proptest! {
         prop_assert_eq!(parse_value("k", &format!("{n}K"), Unit::Pages).unwrap(), (n * 1024).div_ceil(4096));
         prop_assert_eq!(parse_value("k", &format!("{n}M"), Unit::Bytes).unwrap(), n << 20);
     }
+}
+
+#[test]
+fn disk_annotations() {
+    let st = from_annotations(&ann(&[
+        ("io.runvz.diskspace", "1G:2G"),
+        ("io.runvz.diskinodes", "100000"),
+        ("io.runvz.disk.backend", "image"),
+        ("io.runvz.disk.image", "/var/lib/c1.img"),
+        ("io.runvz.disk.ephemeral", "true"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        st.get(Param::Diskspace),
+        Limit {
+            barrier: 1 << 20,
+            limit: 2 << 20
+        }
+    );
+    assert_eq!(st.get(Param::Diskinodes).limit, 100000);
+    assert_eq!(st.disk.backend, Some(DiskBackend::Image));
+    assert_eq!(st.disk.ephemeral, Some(true));
+    // Plain numbers are 1 KiB blocks; a byte suffix rounds up to whole blocks.
+    let st = from_annotations(&ann(&[("io.runvz.diskspace", "1000:1025")])).unwrap();
+    assert_eq!(st.get(Param::Diskspace).limit, 1025);
+    assert_eq!(
+        parse_value("k", "1537", Unit::Kbytes).unwrap(),
+        1537,
+        "no suffix: blocks"
+    );
+    assert!(from_annotations(&ann(&[("io.runvz.ub.diskspace", "1G")])).is_err());
+    // Settings with a disk part survive the record's JSON.
+    let mut a = Settings::default();
+    a.merge(&st);
+    let back: Settings = serde_json::from_value(serde_json::to_value(&a).unwrap()).unwrap();
+    assert_eq!(back, a);
 }

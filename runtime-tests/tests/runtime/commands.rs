@@ -174,6 +174,18 @@ fn missing_container_does_not_exist() {
     }
 }
 
+// Podman runs `delete --force` after a failed create, when there may be no container; runc
+// succeeds there, so the engine reports the create's error and not "does not exist".
+#[test]
+fn delete_force_of_missing_container_succeeds() {
+    let t = setup!("missing-force");
+    let id = t.new_id();
+    t.rt.cmd(&["delete", "--force", &id]).ok();
+    t.rt.cmd(&["delete", &id])
+        .fails()
+        .stderr_has("does not exist");
+}
+
 #[test]
 fn kill_accepts_signal_names_and_numbers() {
     let t = setup!("kill-forms");

@@ -174,6 +174,21 @@ fn pause_and_resume_freeze_the_container() {
     t.rt.cmd(&["resume", &b.id]).fails();
 }
 
+// containerd's `task kill -s SIGKILL` of a paused task: runc thaws after SIGKILL so the init dies.
+#[test]
+fn sigkill_of_a_paused_container_stops_it() {
+    let t = setup!("pause-kill");
+    let b = running(&t);
+    t.rt.cmd(&["pause", &b.id]).ok();
+    t.rt.cmd(&["kill", &b.id, "KILL"]).ok();
+    assert_eq!(
+        t.rt.wait_status(&b.id, "stopped", std::time::Duration::from_secs(10)),
+        "stopped",
+        "a paused container survived SIGKILL"
+    );
+    t.rt.cmd(&["delete", &b.id]).ok();
+}
+
 #[test]
 fn ps_lists_the_containers_processes() {
     let t = setup!("ps");

@@ -9,6 +9,7 @@ mod beancounters;
 mod cgroups;
 mod commands;
 mod crash;
+mod disk;
 mod events;
 mod exec;
 mod exhaustion;

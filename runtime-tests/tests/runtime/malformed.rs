@@ -119,6 +119,22 @@ fn executable_not_in_rootfs() {
     );
 }
 
+// runc refuses a program that is not executable (a file without x bits, a directory) at create:
+// Podman and Docker then report "permission denied" as the create's error.
+#[test]
+fn program_not_executable() {
+    let t = setup!("not-exe");
+    for prog in ["/etc/passwd", "/tmp"] {
+        let b = t.bundle().args(&[prog]);
+        let o = refuse_create(&t, b);
+        assert!(
+            o.stderr.to_lowercase().contains("permission denied"),
+            "{prog}: message does not name the problem: {}",
+            o.stderr
+        );
+    }
+}
+
 #[test]
 fn bad_container_ids() {
     let t = setup!("bad-ids");
@@ -281,7 +297,13 @@ fn rlimit_above_the_hard_limit_of_the_host() {
         "/process/rlimits",
         json!([{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": lim.rlim_max * 4}]),
     );
-    refuse_run(&t, b);
+    let o = refuse_run(&t, b);
+    // Podman files an error naming "operation not permitted" as "OCI permission denied".
+    assert!(
+        o.stderr.to_lowercase().contains("operation not permitted"),
+        "no strerror(EPERM) in: {}",
+        o.stderr
+    );
 }
 
 #[test]

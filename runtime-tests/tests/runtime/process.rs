@@ -246,6 +246,32 @@ fn env_is_exact() {
     );
 }
 
+// runc sets HOME when process.env has none: the user's home in the container's /etc/passwd,
+// "/" without an entry (ctr's default spec has no HOME; Podman leaves it out for unknown uids).
+#[test]
+fn home_defaults_from_passwd() {
+    let t = setup!("home");
+    for (uid, env_home, want) in [
+        (0, None, "/root"),
+        (1000, None, "/home/test"),
+        (12345, None, "/"),
+        (1000, Some("HOME=/elsewhere"), "/elsewhere"),
+    ] {
+        let mut env = vec!["PATH=/bin".to_string()];
+        env.extend(env_home.map(String::from));
+        let b = t
+            .bundle()
+            .set("/process/user", json!({"uid": uid, "gid": uid}))
+            .set("/process/env", json!(env))
+            .sh("echo \"$HOME\"");
+        assert_eq!(
+            t.run(&b).ok().stdout.trim(),
+            want,
+            "uid {uid}, {env_home:?}"
+        );
+    }
+}
+
 #[test]
 fn hostname_is_set() {
     let t = setup!("hostname");
