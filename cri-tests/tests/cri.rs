@@ -445,3 +445,39 @@ fn exec_with_tty_through_the_streaming_server() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn container_annotations_and_a_bad_value() -> Result<()> {
+    if skip_unless_runvz("io.runvz.* annotations") {
+        return Ok(());
+    }
+    let c = Cri::connect()?;
+    let pod = c.pod("ctrann", |_| {})?;
+    let id = pod.run("limited", &["sleep", "1000"], |cfg| {
+        cfg.annotations = HashMap::from([("io.runvz.ub.numproc".to_string(), "8:8".to_string())]);
+    })?;
+    ensure!(
+        pod.cgroup_file("pids", &id, "pids.max")? == "8",
+        "container annotation did not reach pids.max"
+    );
+    // a bad value fails CreateContainer (through the shim) with runvz's message; nothing is left
+    let bad = pod.create("bad", &["sleep", "1000"], |cfg| {
+        cfg.annotations = HashMap::from([("io.runvz.ub.numproc".to_string(), "lots".to_string())]);
+    });
+    let started = bad.and_then(|b| pod.start(&b));
+    let err = match started {
+        Ok(()) => anyhow::bail!("a container with io.runvz.ub.numproc=lots started"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("io.runvz.ub.numproc"),
+        "the error does not name the key: {err}"
+    );
+    ensure!(
+        pod.containers()?
+            .iter()
+            .all(|c| c.id == id || c.state != cri::ContainerState::ContainerRunning as i32),
+        "a bad container runs"
+    );
+    Ok(())
+}
