@@ -335,10 +335,12 @@ pub fn parse_value(key: &str, s: &str, unit: Unit) -> Result<u64, UbError> {
         _ => (s, 1),
     };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad(
-            key,
-            format!("{s:?} is not a number, a number with K/M/G/T, or \"unlimited\""),
-        ));
+        let what = if unit == Unit::Items {
+            "a count or \"unlimited\""
+        } else {
+            "a number, a number with K/M/G/T, or \"unlimited\""
+        };
+        return Err(bad(key, format!("{s:?} is not {what}")));
     }
     let n: u64 = digits
         .parse()
