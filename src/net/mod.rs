@@ -40,10 +40,12 @@ pub enum NetError {
     Netlink { what: String, source: io::Error },
 }
 
+/// A user's mistake in an annotation; control characters in the key or the quoted value are
+/// escaped, so the error stays one line.
 pub(crate) fn bad(key: &str, problem: impl Into<String>) -> NetError {
     NetError::Bad {
-        key: key.to_string(),
-        problem: problem.into(),
+        key: crate::bundle::one_line(key),
+        problem: crate::bundle::one_line(&problem.into()),
     }
 }
 

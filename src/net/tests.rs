@@ -120,3 +120,14 @@ fn tbf_params_are_sane() {
     assert_eq!(bps, 1_000_000);
     assert!(burst >= 1514 && limit > burst);
 }
+
+/// Found by fuzzing: a key or value with control characters made a multi-line error.
+#[test]
+fn errors_stay_on_one_line() {
+    let ann = HashMap::from([("io.runvz.net.ve\rth\n".to_string(), "x".to_string())]);
+    let e = Plan::from_annotations(&ann).unwrap_err().to_string();
+    assert!(!e.contains(['\n', '\r']), "{e:?}");
+    let ann = HashMap::from([("io.runvz.net.rate".to_string(), "1\n0".to_string())]);
+    let e = Plan::from_annotations(&ann).unwrap_err().to_string();
+    assert!(!e.contains(['\n', '\r']), "{e:?}");
+}
