@@ -3,9 +3,7 @@
 //! entry (or staging directory), no cgroup, no process, no mount; `state` in between answers with
 //! valid JSON or a clean error. Against runc the leaks are reported, not failed on.
 
-use runtime_tests::{
-    cgroup_dirs, default_config, leaks_for, note, procs_in_cgroup, rootfs, run_tag, setup, Runtime,
-};
+use runtime_tests::{default_config, leaks_for, note, rootfs, run_tag, setup, Runtime};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,22 +36,13 @@ fn procs_mentioning(id: &str) -> Vec<i32> {
     out
 }
 
-/// Remove what a runtime left (so the suite stays clean) and say what it was.
+/// Remove what a runtime left (so the suite stays clean), also processes naming the container.
 fn reap(id: &str, cgroup: &str, root: &std::path::Path) {
-    for p in procs_in_cgroup(cgroup)
-        .into_iter()
-        .chain(procs_mentioning(id))
-    {
+    for p in procs_mentioning(id) {
         // SAFETY: kill(2) on a pid with a valid signal number.
         unsafe { libc::kill(p, libc::SIGKILL) };
     }
-    std::thread::sleep(Duration::from_millis(50));
-    let mut dirs = cgroup_dirs(cgroup);
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-    for d in dirs {
-        let _ = std::fs::remove_dir(&d);
-    }
-    let _ = std::fs::remove_dir_all(root.join(id));
+    runtime_tests::reap(id, cgroup, root);
 }
 
 #[test]
