@@ -387,7 +387,6 @@ impl ConsoleSocket {
 
     /// Waits up to `timeout` for a connection and receives the fd sent with SCM_RIGHTS.
     pub fn accept_master(&self, timeout: Duration) -> std::os::fd::OwnedFd {
-        use std::os::fd::{AsRawFd, FromRawFd};
         let end = Instant::now() + timeout;
         let conn = loop {
             match self.listener.accept() {
@@ -399,31 +398,37 @@ impl ConsoleSocket {
             }
         };
         conn.set_nonblocking(false).expect("blocking");
-        let mut data = [0u8; 4096];
-        let mut iov = libc::iovec {
-            iov_base: data.as_mut_ptr().cast(),
-            iov_len: data.len(),
-        };
-        let mut cmsg = [0u64; 8];
-        // SAFETY: a zeroed msghdr is valid; the pointers below outlive the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cmsg.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&cmsg);
-        // SAFETY: recvmsg on a connected socket with the buffers set up above.
-        let n = unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
-        // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR/CMSG_DATA stay within msg_control.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            assert!(
-                !c.is_null() && (*c).cmsg_type == libc::SCM_RIGHTS,
-                "no fd was sent on the console socket"
-            );
-            let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const i32);
-            std::os::fd::OwnedFd::from_raw_fd(fd)
+        recv_fd(&conn).expect("no fd was sent on the console socket")
+    }
+}
+
+/// Receives one fd sent with SCM_RIGHTS on `conn` (a console socket connection).
+pub fn recv_fd(conn: &std::os::unix::net::UnixStream) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut data = [0u8; 4096];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    let mut cmsg = [0u64; 8];
+    // SAFETY: a zeroed msghdr is valid; the pointers below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cmsg);
+    // SAFETY: recvmsg on a connected socket with the buffers set up above.
+    if unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) } < 0 {
+        return None;
+    }
+    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR/CMSG_DATA stay within msg_control.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if c.is_null() || (*c).cmsg_type != libc::SCM_RIGHTS {
+            return None;
         }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const i32);
+        Some(std::os::fd::OwnedFd::from_raw_fd(fd))
     }
 }
 

@@ -15,11 +15,13 @@ use std::path::{Path, PathBuf};
 use nix::mount::MsFlags;
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
-use super::create::{abandon, connect_console, load_bundle, write_pid_file, write_ub_files};
+use super::create::{
+    abandon, connect_console, creating_record, load_bundle, write_pid_file, write_ub_files,
+};
 use super::{lock_live, ContainerError};
 use crate::cgroups::Cgroup;
 use crate::checkpoint::{self, Criu, Notify, Opts, ReqType};
-use crate::state::{self, Record, Status, Store};
+use crate::state::{Status, Store};
 use crate::{bundle, hooks, sys};
 
 /// The stdio of the init at checkpoint time (as runc's descriptors.json).
@@ -406,29 +408,7 @@ pub fn restore(store: &Store, id: &str, opts: &RestoreOptions) -> Result<i32, Co
         .map(|p| sys::open(&p, libc::O_RDONLY, 0).map_err(io_err(id, format!("{}", p.display()))))
         .transpose()?;
     // Everything the user can get wrong is checked above; from here on we make things.
-    let me = nix::unistd::getpid().as_raw();
-    let mut rec = Record {
-        oci_version: b.spec.version().clone(),
-        id: id.to_string(),
-        status: Status::Creating,
-        pid: 0,
-        pid_start: 0,
-        bundle: b.dir.clone(),
-        rootfs: b.rootfs.clone(),
-        created: state::now_rfc3339(),
-        annotations: b.spec.annotations().clone().unwrap_or_default(),
-        owner: String::new(),
-        cgroup_path: Some(cgroup_path.clone()),
-        host_mounts: false,
-        creator_pid: me,
-        creator_start: sys::proc_start_time(me).map(|s| s.0).unwrap_or(0),
-        config: serde_json::to_value(&b.spec).ok(),
-        ub: (!ub_settings.is_empty())
-            .then(|| serde_json::to_value(&ub_settings).ok())
-            .flatten(),
-        net_links: vec![],
-        disk: None,
-    };
+    let mut rec = creating_record(id, &b, &cgroup_path, &ub_settings);
     let locked = store.claim(id, &rec)?;
     let cgroup = match Cgroup::open(&cgroup_path, None) {
         Ok(c) => c,

@@ -57,6 +57,39 @@ pub(super) fn load_bundle(
     Ok((b, ub_settings, ub_plan))
 }
 
+/// The first record of a container about to be made (by `create` or `restore`): status
+/// `creating`, the cgroup it will use, this process as its creator.
+pub(super) fn creating_record(
+    id: &str,
+    b: &Bundle,
+    cgroup_path: &Path,
+    ub_settings: &crate::ub::Settings,
+) -> Record {
+    let me = nix::unistd::getpid().as_raw();
+    Record {
+        oci_version: b.spec.version().clone(),
+        id: id.to_string(),
+        status: Status::Creating,
+        pid: 0,
+        pid_start: 0,
+        bundle: b.dir.clone(),
+        rootfs: b.rootfs.clone(),
+        created: state::now_rfc3339(),
+        annotations: b.spec.annotations().clone().unwrap_or_default(),
+        owner: String::new(),
+        cgroup_path: Some(cgroup_path.to_path_buf()),
+        host_mounts: false,
+        creator_pid: me,
+        creator_start: sys::proc_start_time(me).map(|s| s.0).unwrap_or(0),
+        config: serde_json::to_value(&b.spec).ok(),
+        ub: (!ub_settings.is_empty())
+            .then(|| serde_json::to_value(ub_settings).ok())
+            .flatten(),
+        disk: None,
+        net_links: vec![],
+    }
+}
+
 /// Cgroup files libcgroups does not write (BFQ weight, v2 memory.high, cpu.weight).
 pub(super) fn write_ub_files(
     cgroup: &Cgroup,
@@ -176,29 +209,9 @@ pub(super) fn create_with_console(
         n.preflight(id)?;
     }
     // Everything the user can get wrong is checked above; from here on we make things.
-    let me = nix::unistd::getpid().as_raw();
-    let mut rec = Record {
-        oci_version: b.spec.version().clone(),
-        id: id.to_string(),
-        status: Status::Creating,
-        pid: 0,
-        pid_start: 0,
-        bundle: b.dir.clone(),
-        rootfs: b.rootfs.clone(),
-        created: state::now_rfc3339(),
-        annotations: b.spec.annotations().clone().unwrap_or_default(),
-        owner: String::new(),
-        cgroup_path: Some(cgroup_path.clone()),
-        host_mounts: !plan.has(oci_spec::runtime::LinuxNamespaceType::Mount),
-        creator_pid: me,
-        creator_start: sys::proc_start_time(me).map(|s| s.0).unwrap_or(0),
-        config: serde_json::to_value(&b.spec).ok(),
-        ub: (!ub_settings.is_empty())
-            .then(|| serde_json::to_value(&ub_settings).ok())
-            .flatten(),
-        disk: None,
-        net_links: net.as_ref().map(|n| n.host_links(id)).unwrap_or_default(),
-    };
+    let mut rec = creating_record(id, &b, &cgroup_path, &ub_settings);
+    rec.host_mounts = !plan.has(oci_spec::runtime::LinuxNamespaceType::Mount);
+    rec.net_links = net.as_ref().map(|n| n.host_links(id)).unwrap_or_default();
     let mut disk_made = disk_plan
         .as_ref()
         .map(|p| p.intent(&store.root().join(id).join("disk")))

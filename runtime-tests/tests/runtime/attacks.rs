@@ -693,37 +693,8 @@ fn cve_2022_29162_inheritable_capabilities_are_as_configured() {
 
 /// Accepts one connection on a console socket and returns the pty master the runtime sends.
 fn receive_pty(listener: &std::os::unix::net::UnixListener) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::{AsRawFd, FromRawFd};
     let (conn, _) = listener.accept().ok()?;
-    let mut buf = [0u8; 256];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut cmsg = [0u64; 8];
-    // SAFETY: a zeroed msghdr is valid; the pointers below outlive the recvmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cmsg);
-    // SAFETY: recvmsg on a connected socket with a valid msghdr.
-    if unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg, 0) } < 0 {
-        return None;
-    }
-    // SAFETY: walking the control messages recvmsg filled in.
-    let c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    if c.is_null() {
-        return None;
-    }
-    // SAFETY: c is a valid cmsghdr; SCM_RIGHTS data is an array of ints.
-    unsafe {
-        if (*c).cmsg_type != libc::SCM_RIGHTS {
-            return None;
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>());
-        Some(std::os::fd::OwnedFd::from_raw_fd(fd))
-    }
+    runtime_tests::recv_fd(&conn)
 }
 
 /// CVE-2025-52565: with process.terminal, /dev/console in the rootfs is a symlink to another
