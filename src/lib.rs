@@ -5,7 +5,7 @@
 //! 2. the container lifecycle (`container`),
 //! 3. process setup (`process`),
 //! 4. the subsystems (`rootfs`, `namespaces`, `cgroups`, `hooks`, `seccomp`, `ub`, `disk`,
-//!    `net`),
+//!    `net`, `checkpoint`, `migrate`),
 //! 5. syscall wrappers, in-rootfs paths, the bundle, the state store (`sys`, `safe_path`,
 //!    `bundle`, `state`, `signal`).
 
@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod container;
 pub mod disk;
 pub mod hooks;
+pub mod migrate;
 pub mod namespaces;
 pub mod net;
 pub mod process;

@@ -213,6 +213,7 @@ fn run(cli: Cli) -> Result<i32> {
                 pre_dump: a.pre_dump,
                 page_server,
                 status_fd: a.status_fd,
+                criu_pid: None,
                 flags: criu_flags(&a.criu),
             };
             container::checkpoint(&store, &a.id, &opts)?;
@@ -230,6 +231,61 @@ fn run(cli: Cli) -> Result<i32> {
                 flags: criu_flags(&a.criu),
             };
             return Ok(container::restore(&store, &a.id, &opts)?);
+        }
+        Cmd::Migrate(a) => {
+            let criu = cli.criu.clone().unwrap_or_else(|| "criu".into());
+            let opts = container::MigrateOptions {
+                criu: &criu,
+                dest: &a.dest,
+                token: &a.token_file,
+                lazy: a.lazy_pages,
+                page_server_port: a.page_server_port,
+                shared_rootfs: a.shared_rootfs,
+                flags: container::CriuFlags {
+                    tcp_established: a.tcp_established,
+                    ext_unix_sk: a.ext_unix_sk,
+                    file_locks: a.file_locks,
+                    ..Default::default()
+                },
+            };
+            let r = container::migrate(&store, &a.id, &opts)?;
+            if a.format == "json" {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "migrated {} to {} ({}): rootfs pre-copy {} entries, {} KiB in {} ms; frozen {} ms = dump {} ms + copy {} ms ({} changed entries, images {} KiB) + restore {} ms{}",
+                    r.id, r.dest, r.mode, r.precopy_entries, r.precopy_bytes / 1024, r.precopy_ms,
+                    r.frozen_ms, r.dump_ms, r.copy_ms, r.changed_entries, r.image_bytes / 1024,
+                    r.restore_ms,
+                    if r.pages_ms > 0 { format!("; all pages pulled {} ms after the freeze", r.pages_ms) } else { String::new() }
+                );
+            }
+        }
+        Cmd::MigrateReceive(a) => {
+            let criu = cli.criu.clone().unwrap_or_else(|| "criu".into());
+            let runvz = std::env::current_exe().context("finding our own binary")?;
+            let opts = container::ReceiveOptions {
+                listen: &a.listen,
+                token: &a.token_file,
+                bundles: &a.bundles,
+                cgroup_prefix: a.cgroup_prefix.as_deref(),
+                once: a.once,
+                runvz: &runvz,
+                criu: &criu,
+            };
+            use std::io::Write;
+            container::receive(
+                &store,
+                &opts,
+                &mut |addr| {
+                    println!("listening on {addr}");
+                    let _ = std::io::stdout().flush();
+                },
+                &mut |id, pid, peer| {
+                    println!("received {id} from {peer}: running as pid {pid}");
+                    let _ = std::io::stdout().flush();
+                },
+            )?;
         }
         Cmd::Start { id } => container::start(&store, &id)?,
         Cmd::Pause { id } => container::pause(&store, &id, true)?,

@@ -107,6 +107,57 @@ pub struct CheckpointArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct MigrateArgs {
+    /// The secret both ends share (mode 0600, at least 16 bytes).
+    #[arg(long = "token-file")]
+    pub token_file: PathBuf,
+    /// Post-copy: restore at once and pull memory pages on demand from a criu page server
+    /// here (needs fs.pipe-max-size >= 4 MiB and userfaultfd).
+    #[arg(long = "lazy-pages")]
+    pub lazy_pages: bool,
+    /// The page server's port (default: a free one).
+    #[arg(long = "page-server-port")]
+    pub page_server_port: Option<u16>,
+    /// The rootfs is on storage the destination sees at the same path: do not copy it.
+    #[arg(long = "shared-rootfs")]
+    pub shared_rootfs: bool,
+    /// Allow open TCP connections.
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    /// Allow external unix sockets.
+    #[arg(long = "ext-unix-sk")]
+    pub ext_unix_sk: bool,
+    /// Handle file locks.
+    #[arg(long = "file-locks")]
+    pub file_locks: bool,
+    /// Report format: text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
+    pub id: String,
+    /// HOST:PORT of the receiving runvz.
+    pub dest: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MigrateReceiveArgs {
+    /// ADDRESS:PORT to listen on (port 0: a free one; the address is printed).
+    #[arg(long)]
+    pub listen: String,
+    /// The secret both ends share (mode 0600, at least 16 bytes).
+    #[arg(long = "token-file")]
+    pub token_file: PathBuf,
+    /// Where received bundles are made (BUNDLES/ID: config.json and rootfs).
+    #[arg(long, default_value = "/var/lib/runvz/migrated")]
+    pub bundles: PathBuf,
+    /// Put received containers' cgroups below this one (for two roots on one host).
+    #[arg(long = "cgroup-prefix")]
+    pub cgroup_prefix: Option<String>,
+    /// Receive one container, then exit with its result.
+    #[arg(long)]
+    pub once: bool,
+}
+
+#[derive(clap::Args, Debug)]
 #[command(args_override_self = true)]
 pub struct RestoreArgs {
     #[command(flatten)]
@@ -457,6 +508,12 @@ pub enum Cmd {
     Checkpoint(Box<CheckpointArgs>),
     /// Restore a container from a CRIU checkpoint.
     Restore(Box<RestoreArgs>),
+    /// Move a running container to a `runvz migrate-receive` at DEST (HOST:PORT): the rootfs
+    /// is copied while it runs, then it is frozen, dumped, sent and restored there; the source
+    /// is removed once it runs at DEST, and thawed if anything fails before.
+    Migrate(Box<MigrateArgs>),
+    /// Receive containers sent by `runvz migrate` and restore them into this root.
+    MigrateReceive(Box<MigrateReceiveArgs>),
     /// List containers.
     List {
         #[arg(short = 'f', long, default_value = "table", value_parser = ["table", "json"])]
@@ -648,6 +705,13 @@ const LONG: &[&str] = &[
     "auto-dedup",
     "lsm-profile",
     "lsm-mount-context",
+    "token-file",
+    "page-server-port",
+    "shared-rootfs",
+    "listen",
+    "bundles",
+    "cgroup-prefix",
+    "once",
     "bundle",
     "console-socket",
     "pidfd-socket",

@@ -50,6 +50,8 @@ pub struct CheckpointOptions<'a> {
     pub page_server: Option<(String, i32)>,
     pub status_fd: Option<i32>,
     pub flags: CriuFlags,
+    /// Set to criu's PID once it runs (a caller in another thread may have to stop it).
+    pub criu_pid: Option<&'a std::sync::atomic::AtomicI32>,
 }
 
 pub struct RestoreOptions<'a> {
@@ -131,14 +133,20 @@ fn mode_of(f: &CriuFlags, o: &mut Opts) {
     o.orphan_pts_master = true;
 }
 
-pub fn checkpoint(store: &Store, id: &str, opts: &CheckpointOptions) -> Result<(), ContainerError> {
-    let (locked, c) = lock_live(store, id)?;
+/// A container criu can move: running or paused (its status is returned), and nothing criu
+/// cannot dump. Checked before anything is touched (checkpoint, migrate); `verb` names the
+/// operation in the error.
+pub(super) fn check_movable(
+    id: &str,
+    c: &super::Container,
+    verb: &str,
+) -> Result<Status, ContainerError> {
     let st = c.status();
     if st != Status::Running && st != Status::Paused {
         return Err(ContainerError::WrongState {
             id: id.into(),
             status: st,
-            what: "only a running or paused container can be checkpointed".into(),
+            what: format!("only a running or paused container can be {verb}"),
         });
     }
     if c.rec.host_mounts {
@@ -157,6 +165,12 @@ pub fn checkpoint(store: &Store, id: &str, opts: &CheckpointOptions) -> Result<(
             c.rec.net_links.join(", ")
         )));
     }
+    Ok(st)
+}
+
+pub fn checkpoint(store: &Store, id: &str, opts: &CheckpointOptions) -> Result<(), ContainerError> {
+    let (locked, c) = lock_live(store, id)?;
+    check_movable(id, &c, "checkpointed")?;
     let spec: Spec = c
         .rec
         .config
@@ -252,6 +266,9 @@ pub fn checkpoint(store: &Store, id: &str, opts: &CheckpointOptions) -> Result<(
         id,
         format!("{}/{DESCRIPTORS}", opts.image_path.display()),
     ))?;
+    if let Some(p) = opts.criu_pid {
+        p.store(criu.pid(), std::sync::atomic::Ordering::SeqCst);
+    }
     let res = criu.call(typ, Some(&o), &mut |_| Ok(()));
     criu.finish();
     res?;
@@ -345,11 +362,6 @@ pub fn restore(store: &Store, id: &str, opts: &RestoreOptions) -> Result<i32, Co
         return Err(ContainerError::Config(format!(
             "container {id}: restore of a bundle with io.runvz disk quotas is not supported"
         )));
-    }
-    if crate::net::Plan::from_spec(&b.spec)?.is_some() {
-        return Err(ContainerError::Config(
-            "restore of a container with io.runvz.net links is not supported".into(),
-        ));
     }
     let plan = crate::namespaces::Plan::from_spec(&b.spec);
     if !plan.has(LinuxNamespaceType::Mount) {

@@ -9,6 +9,7 @@ mod checkpoint;
 mod create;
 mod events;
 mod exec;
+mod migrate;
 mod ops;
 mod ub;
 
@@ -16,6 +17,7 @@ pub use checkpoint::{checkpoint, restore, CheckpointOptions, CriuFlags, RestoreO
 pub use create::{create, CreateOptions};
 pub use events::{events, stats, Event};
 pub use exec::{exec, ExecOptions};
+pub use migrate::{migrate, receive, MigrateOptions, MigrateReport, ReceiveOptions};
 pub use ops::{delete, kill, list, pause, pids, run, start, state, RunOptions};
 pub use ub::{beancounters, merge_resources, set, update};
 
@@ -48,6 +50,8 @@ pub enum ContainerError {
     Net(#[from] crate::net::NetError),
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    #[error(transparent)]
+    Migrate(#[from] crate::migrate::MigrateError),
     #[error("{0}")]
     InvalidId(String),
     #[error("{0}")]

@@ -19,7 +19,7 @@ const COUNTER: &str = "exec </dev/null >/dev/null 2>&1; i=0; while true; do i=$(
      echo $i > /dev/shm/n.t; mv /dev/shm/n.t /dev/shm/n; sleep 0.1; done";
 
 /// Whether a criu >= 4.1 is on PATH (else the test is skipped with the reason).
-fn have_criu(test: &str) -> bool {
+pub(crate) fn have_criu(test: &str) -> bool {
     let out = std::process::Command::new("criu").arg("--version").output();
     let ver = out
         .ok()
@@ -412,4 +412,183 @@ fn killed_restore_is_undone_by_delete_force() {
         assert!(t.rt.state(&b.id).is_err(), "state left ({delay} ms)");
         assert_nothing_left(&t, &b, &format!("after a kill at {delay} ms"));
     }
+}
+
+/// Raises fs.pipe-max-size to 4 MiB while any test holds one (criu's page server needs 3.3 MB
+/// pipes; this host's default is 1 MiB and criu lacks CAP_SYS_RESOURCE to exceed it); the
+/// last one to go puts the old value back.
+pub(crate) struct PipeMax;
+
+const PIPE_MAX: &str = "/proc/sys/fs/pipe-max-size";
+
+/// (holders, the value to put back)
+static PIPE_HOLDERS: std::sync::Mutex<(usize, Option<String>)> = std::sync::Mutex::new((0, None));
+
+impl PipeMax {
+    pub(crate) fn raise() -> PipeMax {
+        let mut h = PIPE_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+        if h.0 == 0 {
+            let old = std::fs::read_to_string(PIPE_MAX).unwrap_or_default();
+            if old.trim().parse::<u64>().unwrap_or(0) < 4 << 20 {
+                std::fs::write(PIPE_MAX, (4u64 << 20).to_string())
+                    .expect("raising fs.pipe-max-size");
+                h.1 = Some(old);
+            }
+        }
+        h.0 += 1;
+        PipeMax
+    }
+}
+
+impl Drop for PipeMax {
+    fn drop(&mut self) {
+        let mut h = PIPE_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+        h.0 -= 1;
+        if h.0 == 0 {
+            if let Some(old) = h.1.take() {
+                let _ = std::fs::write(PIPE_MAX, old.trim());
+            }
+        }
+    }
+}
+
+/// Whether criu can restore lazily here (userfaultfd), else the test is skipped.
+pub(crate) fn have_uffd(test: &str) -> bool {
+    let ok = std::process::Command::new("criu")
+        .args(["check", "--feature", "uffd-noncoop"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        note(&format!(
+            "SKIP {test}: no userfaultfd here (criu check --feature uffd-noncoop)"
+        ));
+    }
+    ok
+}
+
+/// Post-copy as runc's callers do it: `checkpoint --lazy-pages --page-server --status-fd`
+/// leaves the pages behind a page server, `criu lazy-pages` pulls them for a `restore
+/// --lazy-pages` under a new ID; the counter goes on and the source is gone.
+#[test]
+fn lazy_pages_restore() {
+    let t = setup!("cpt-lazy");
+    if !have_criu("cpt-lazy") || !have_uffd("cpt-lazy") {
+        return;
+    }
+    let _pipes = PipeMax::raise();
+    let b = t.bundle().sh(COUNTER);
+    start(&t, &b);
+    let (ip, is) = img(&t, "img");
+    let work = t.scratch().join("work");
+    let rwork = t.scratch().join("rwork");
+    std::fs::create_dir_all(&rwork).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    // The status fd is a fifo opened as fd 3 of the runtime (and inherited by its criu).
+    let fifo = t.scratch().join("status");
+    let fifo_s = fifo.display().to_string();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let script = format!(
+        "exec \"$0\" --root \"$1\" checkpoint --lazy-pages --page-server 127.0.0.1:{port} \
+         --status-fd 3 --image-path \"$2\" --work-path \"$3\" \"$4\" 3>\"$5\""
+    );
+    let mut dump = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .arg(&t.rt.bin)
+        .arg(&t.rt.root)
+        .arg(&ip)
+        .arg(&work)
+        .arg(&b.id)
+        .arg(&fifo)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Blocks until the runtime opens the fifo; then criu's \0 says the page server is up.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut b = [9u8; 1];
+        let r = std::fs::File::open(&fifo_s)
+            .and_then(|mut f| std::io::Read::read(&mut f, &mut b))
+            .map(|n| (n, b[0]));
+        let _ = tx.send(r);
+    });
+    let ready = rx.recv_timeout(Duration::from_secs(20));
+    let before = count(&t, &b.id, "n");
+    if !matches!(ready, Ok(Ok((1, 0)))) {
+        let _ = dump.kill();
+        let out = dump.wait_with_output().unwrap();
+        panic!(
+            "no ready byte from the page server ({ready:?}): {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            log_tail(&work, "dump.log")
+        );
+    }
+    let mut daemon = std::process::Command::new("criu")
+        .args([
+            "lazy-pages",
+            "--page-server",
+            "--address",
+            "127.0.0.1",
+            "--port",
+        ])
+        .arg(port.to_string())
+        .arg("-D")
+        .arg(&ip)
+        .arg("-W")
+        .arg(&rwork)
+        .args(["-o", "lazy-pages.log"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = rwork.join("lazy-pages.socket");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Restored into a cgroup of its own: the source's runtime deletes the source (and kills
+    // what is in its cgroup) only when the last page has been pulled, after this restore.
+    let b2 = t.bundle().sh(COUNTER);
+    b2.save();
+    let new = b2.id.clone();
+    let rw = rwork.display().to_string();
+    let o = restore(&t, &b2, &new, &is, &["--lazy-pages", "--work-path", &rw]);
+    // The dump and the daemon end once every page has been pulled.
+    let dump_out = dump.wait_with_output().unwrap();
+    let lp = daemon.wait().unwrap();
+    assert!(
+        o.success(),
+        "{}\n{}",
+        o.describe(),
+        log_tail(&rwork, "restore.log")
+    );
+    assert!(
+        dump_out.status.success(),
+        "checkpoint: {}{}",
+        String::from_utf8_lossy(&dump_out.stderr),
+        log_tail(&work, "dump.log")
+    );
+    assert!(
+        lp.success(),
+        "lazy-pages: {}",
+        log_tail(&rwork, "lazy-pages.log")
+    );
+    assert_eq!(t.rt.status(&new), "running");
+    assert!(t.rt.state(&b.id).is_err(), "the source stays gone");
+    let c1 = count(&t, &new, "n");
+    assert!(c1 >= before, "counter went back: {before} -> {c1}");
+    assert!(
+        wait_count(&t, &new, "n", c1 + 3) > c1,
+        "counting under {new}"
+    );
 }

@@ -16,6 +16,7 @@ mod exec;
 mod exhaustion;
 mod hooks;
 mod malformed;
+mod migrate;
 mod mounts;
 mod namespaces;
 mod net;
