@@ -241,6 +241,7 @@ fn run(cli: Cli) -> Result<i32> {
                 lazy: a.lazy_pages,
                 page_server_port: a.page_server_port,
                 shared_rootfs: a.shared_rootfs,
+                work_path: a.work_path.as_deref(),
                 flags: container::CriuFlags {
                     tcp_established: a.tcp_established,
                     ext_unix_sk: a.ext_unix_sk,

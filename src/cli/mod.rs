@@ -121,6 +121,9 @@ pub struct MigrateArgs {
     /// The rootfs is on storage the destination sees at the same path: do not copy it.
     #[arg(long = "shared-rootfs")]
     pub shared_rootfs: bool,
+    /// Dump the images below this directory (default: the container's state directory).
+    #[arg(long = "work-path")]
+    pub work_path: Option<PathBuf>,
     /// Allow open TCP connections.
     #[arg(long = "tcp-established")]
     pub tcp_established: bool,

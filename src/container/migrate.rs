@@ -44,6 +44,8 @@ pub struct MigrateOptions<'a> {
     pub page_server_port: Option<u16>,
     /// The rootfs is on storage both hosts see at the same path: do not copy it.
     pub shared_rootfs: bool,
+    /// Where the images are dumped (default: the container's state directory).
+    pub work_path: Option<&'a Path>,
     pub flags: CriuFlags,
 }
 
@@ -90,6 +92,12 @@ fn ms(t: Instant) -> u64 {
 struct TempDir(PathBuf);
 
 impl TempDir {
+    /// What an earlier, killed run left there is removed first.
+    fn fresh(p: PathBuf) -> TempDir {
+        let _ = std::fs::remove_dir_all(&p);
+        TempDir(p)
+    }
+
     fn keep(mut self) {
         self.0 = PathBuf::new();
     }
@@ -302,8 +310,12 @@ pub fn migrate(
         id,
         armed: st == Status::Running,
     };
-    let images =
-        TempDir(std::env::temp_dir().join(format!("runvz-migrate-{id}-{}", std::process::id())));
+    // In the container's state directory unless told otherwise: a sender killed mid-way
+    // leaves them where `delete` removes them (and the next migration starts afresh).
+    let images = TempDir::fresh(match o.work_path {
+        Some(w) => w.join(format!("runvz-migrate-{id}")),
+        None => store.root().join(id).join("migrate"),
+    });
     let local = conn.stream.local_addr().map_err(mig)?;
     let flags = CriuFlags {
         tcp_established: o.flags.tcp_established,
@@ -546,7 +558,7 @@ fn serve(
     }
     // Removed unless the container runs at the end.
     let made = TempDir(bundle.clone());
-    let work = TempDir(o.bundles.join(format!(".{id}.migrate")));
+    let work = TempDir::fresh(o.bundles.join(format!(".{id}.migrate")));
     let images = work.0.join("images");
     conn.send(&Msg::Accept).map_err(mig)?;
     let rootfs = bundle.join("rootfs");
@@ -586,7 +598,18 @@ fn serve(
     );
     match result {
         Ok((pid, restore_ms, lazy_daemon)) => {
-            conn.send(&Msg::Restored { pid, restore_ms }).map_err(mig)?;
+            // The sender must know it runs here before it deletes the source; if it cannot
+            // be told, it may thaw the source: this one goes, so it never runs twice.
+            if let Err(e) = conn.send(&Msg::Restored { pid, restore_ms }) {
+                if let Some(mut d) = lazy_daemon {
+                    let _ = d.kill();
+                    let _ = d.wait();
+                }
+                if let Err(de) = delete(store, &id, true) {
+                    tracing::warn!("deleting {id} after the sender went: {de}");
+                }
+                return Err(mig(e));
+            }
             made.keep();
             if let Some(mut d) = lazy_daemon {
                 // The pages are pulled in the background; the images go when it is done.

@@ -113,11 +113,13 @@ impl Pair {
     /// A counter container in A, on a private copy of the rootfs, counting.
     fn counter(&self) -> runtime_tests::Bundle {
         let rootfs = self.t.scratch().join("rootfs-a");
-        sh_ok(&format!(
-            "cp -a {} {}",
-            runtime_tests::rootfs().display(),
-            rootfs.display()
-        ));
+        if !rootfs.exists() {
+            sh_ok(&format!(
+                "cp -a {} {}",
+                runtime_tests::rootfs().display(),
+                rootfs.display()
+            ));
+        }
         let b = self
             .t
             .bundle()
@@ -195,14 +197,24 @@ impl Pair {
         (child, addr)
     }
 
-    fn migrate(&mut self, id: &str, dest: &str, extra: &[&str]) -> runtime_tests::CmdOutput {
+    fn migrate_args<'a>(
+        &'a mut self,
+        id: &'a str,
+        dest: &'a str,
+        extra: &[&'a str],
+    ) -> Vec<&'a str> {
         let cg = format!("{}/rt-test/{id}", self.prefix.trim_start_matches('/'));
         self.in_b.push((id.to_string(), cg));
         let mut a = vec!["migrate", "--token-file", &self.token, "--format", "json"];
         a.extend_from_slice(extra);
         a.push(id);
         a.push(dest);
-        self.t.rt.cmd(&a)
+        a
+    }
+
+    fn migrate(&mut self, id: &str, dest: &str, extra: &[&str]) -> runtime_tests::CmdOutput {
+        let rt = self.t.rt.clone();
+        rt.cmd(&self.migrate_args(id, dest, extra))
     }
 
     /// The receiver's exit status and its stderr.
@@ -412,4 +424,100 @@ fn failed_migrations_leave_the_source_running() {
     }
     // The wrong-token receiver is refused before anything is sent: nothing under B.
     assert!(!Path::new(&p.b.root).join(&b.id).exists());
+}
+
+/// `migrate` SIGKILLed at points spread over its run (pre-copy, freeze, dump, copy, restore
+/// there, deleting the source): the container never runs in two places; the source is left
+/// running or paused (then `resume` brings it back) or gone with the destination running; and
+/// `delete --force` on both sides leaves nothing.
+#[test]
+fn killed_migration_never_runs_twice_and_cleans_up() {
+    let Some(mut p) = Pair::new("mig-killed") else {
+        return;
+    };
+    let mut outcomes = vec![];
+    for delay in [20u64, 80, 160, 260, 380, 520, 700, 1000, 1500] {
+        let b = p.counter();
+        let (rx, dest) = p.receiver(&p.token.clone(), None, true);
+        let root = p.t.rt.root.display().to_string();
+        let args: Vec<String> = p
+            .migrate_args(&b.id, &dest, &[])
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let mut sender = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", p.ns[0]))
+            .arg(&p.t.rt.bin)
+            .args(["--root", &root])
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = sender.kill();
+        let _ = sender.wait();
+        let _ = p.finish(rx);
+        // A criu the sender left (its dump) ends on its own once its parent is gone.
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end && criu_of(&b.id) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let src = if p.t.rt.state(&b.id).is_ok() {
+            p.t.rt.status(&b.id)
+        } else {
+            "gone".into()
+        };
+        let dst = if p.b.state(&b.id).is_ok() {
+            p.b.status(&b.id)
+        } else {
+            "gone".into()
+        };
+        outcomes.push(format!("{delay} ms: source {src}, destination {dst}"));
+        assert!(
+            !(src == "running" && dst == "running"),
+            "runs twice after a kill at {delay} ms"
+        );
+        assert!(
+            src != "gone" || dst == "running",
+            "lost after a kill at {delay} ms"
+        );
+        if src == "paused" && dst != "running" {
+            p.t.rt.cmd(&["resume", &b.id]).ok();
+            let n = p.count(&p.t.rt, &b.id);
+            assert!(
+                p.wait_count(&p.t.rt, &b.id, n + 3) > n,
+                "resumed source does not count"
+            );
+        }
+        p.t.rt.cmd(&["delete", "--force", &b.id]);
+        p.b.cmd(&["delete", "--force", &b.id]);
+        assert!(p.t.rt.state(&b.id).is_err() && p.b.state(&b.id).is_err());
+        let _ = std::fs::remove_dir_all(&p.bundles);
+        p.assert_b_empty(&b.id);
+        let left = leaks_for(&p.t.rt, &b.id, &b.cgroup);
+        assert!(
+            left.is_empty(),
+            "left in A after a kill at {delay} ms: {left:?}"
+        );
+    }
+    note(&format!("mig-killed: {}", outcomes.join("; ")));
+}
+
+/// Whether a criu working on container `id` still runs (an fd of it names the ID: the
+/// images directory).
+fn criu_of(id: &str) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.filter_map(|e| e.ok()).any(|e| {
+        let exe = std::fs::read_link(e.path().join("exe")).unwrap_or_default();
+        exe.file_name().is_some_and(|n| n == "criu")
+            && std::fs::read_dir(e.path().join("fd")).is_ok_and(|fds| {
+                fds.filter_map(|f| f.ok())
+                    .filter_map(|f| std::fs::read_link(f.path()).ok())
+                    .any(|l| l.to_string_lossy().contains(id))
+            })
+    })
 }
