@@ -13,6 +13,9 @@ use super::MigrateError;
 /// The protocol version both ends must speak.
 pub const VERSION: u32 = 1;
 
+/// The largest message taken from a peer not yet authenticated.
+const PRE_AUTH_MAX: usize = 4096;
+
 /// The secret shared by the two ends.
 pub struct Token(Vec<u8>);
 
@@ -100,7 +103,7 @@ pub fn accept(c: &mut Conn, token: &Token) -> Result<(), MigrateError> {
         version: VERSION,
         nonce: ours.clone(),
     })?;
-    match c.recv()? {
+    match c.recv_max(PRE_AUTH_MAX)? {
         Msg::Auth { mac, nonce } if token.verify("sender", &ours, &mac) => {
             c.send(&Msg::Auth {
                 mac: token.mac("receiver", &nonce),
@@ -122,7 +125,7 @@ pub fn accept(c: &mut Conn, token: &Token) -> Result<(), MigrateError> {
 
 /// The sending end: answer the receiver's challenge, then check it answers ours.
 pub fn connect(c: &mut Conn, token: &Token) -> Result<(), MigrateError> {
-    let theirs = match c.recv()? {
+    let theirs = match c.recv_max(PRE_AUTH_MAX)? {
         Msg::Hello { version, nonce } if version == VERSION => nonce,
         Msg::Hello { version, .. } => {
             return Err(MigrateError::Protocol(format!(
@@ -136,7 +139,7 @@ pub fn connect(c: &mut Conn, token: &Token) -> Result<(), MigrateError> {
         mac: token.mac("sender", &theirs),
         nonce: ours.clone(),
     })?;
-    match c.recv()? {
+    match c.recv_max(PRE_AUTH_MAX)? {
         Msg::Auth { mac, .. } if token.verify("receiver", &ours, &mac) => Ok(()),
         Msg::Auth { .. } => Err(MigrateError::Auth(
             "the receiver does not hold our token".into(),
@@ -161,6 +164,44 @@ mod tests {
         assert!(!a.verify("receiver", "n1", &m));
         assert!(!a.verify("sender", "n2", &m));
         assert!(!a.verify("sender", "n1", &m[..63]));
+    }
+
+    #[test]
+    fn handshake_succeeds_with_one_secret_and_fails_with_two() {
+        use std::net::{TcpListener, TcpStream};
+        for (theirs, ok) in [
+            (&b"0123456789abcdef"[..], true),
+            (b"fedcba9876543210", false),
+        ] {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let theirs = theirs.to_vec();
+            let rx = std::thread::spawn(move || {
+                let (s, _) = l.accept().unwrap();
+                accept(&mut Conn { stream: s }, &Token(theirs)).is_ok()
+            });
+            let mut c = Conn {
+                stream: TcpStream::connect(addr).unwrap(),
+            };
+            let sent = connect(&mut c, &Token(b"0123456789abcdef".to_vec()));
+            assert_eq!(sent.is_ok(), ok, "{sent:?}");
+            assert_eq!(rx.join().unwrap(), ok);
+        }
+        // A peer that sends a huge first message is cut off before anything is allocated.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let rx = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            accept(
+                &mut Conn { stream: s },
+                &Token(b"0123456789abcdef".to_vec()),
+            )
+            .unwrap_err()
+            .to_string()
+        });
+        let mut s = TcpStream::connect(addr).unwrap();
+        std::io::Write::write_all(&mut s, &(1u32 << 30).to_be_bytes()).unwrap();
+        assert!(rx.join().unwrap().contains("at most 4096"));
     }
 
     #[test]

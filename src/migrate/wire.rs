@@ -95,6 +95,11 @@ impl Conn {
     }
 
     pub fn recv(&mut self) -> Result<Msg, MigrateError> {
+        self.recv_max(MAX_MSG)
+    }
+
+    /// A message of at most `max` bytes (before authentication, a peer gets little).
+    pub fn recv_max(&mut self, max: usize) -> Result<Msg, MigrateError> {
         let mut len = [0u8; 4];
         self.stream.read_exact(&mut len).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -104,9 +109,9 @@ impl Conn {
             }
         })?;
         let len = u32::from_be_bytes(len) as usize;
-        if len > MAX_MSG {
+        if len > max {
             return Err(MigrateError::Protocol(format!(
-                "message of {len} bytes (at most {MAX_MSG})"
+                "message of {len} bytes (at most {max})"
             )));
         }
         let mut data = vec![0u8; len];
