@@ -123,6 +123,7 @@ fn criu_flags(a: &cli::CriuArgs) -> container::CriuFlags {
         ext_unix_sk: a.ext_unix_sk,
         shell_job: a.shell_job,
         file_locks: a.file_locks,
+        empty_net: a.empty_ns.is_some(),
         manage_cgroups_mode: a.manage_cgroups_mode.as_deref().map(|m| match m {
             "none" => 1,
             "props" => 2,

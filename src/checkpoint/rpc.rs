@@ -46,6 +46,8 @@ pub struct Opts {
     pub manage_cgroups: bool,
     /// criu_cg_mode: 1 none, 2 props, 3 soft, 4 full, 5 strict.
     pub manage_cgroups_mode: Option<u32>,
+    /// Namespaces (CLONE_* flags) created empty on restore, their properties not saved.
+    pub empty_ns: Option<u32>,
     pub freeze_cgroup: Option<String>,
     /// (mount point or name, name or host path)
     pub ext_mnt: Vec<(String, String)>,
@@ -118,6 +120,9 @@ impl Opts {
         }
         for x in &self.external {
             e.str(37, x);
+        }
+        if let Some(m) = self.empty_ns {
+            e.uint(38, u64::from(m));
         }
         for (ns, file) in &self.join_ns {
             let mut m = Enc::default();

@@ -68,8 +68,10 @@ pub struct CriuArgs {
     /// Use userfaultfd to lazily restore memory pages.
     #[arg(long = "lazy-pages")]
     pub lazy_pages: bool,
-    /// Accepted for runc compatibility (namespaces are always dumped).
-    #[arg(long = "empty-ns")]
+    /// Create this namespace empty on restore and do not save its properties ("network":
+    /// runc always does this; runvz saves the container's addresses, routes and firewall
+    /// unless asked not to).
+    #[arg(long = "empty-ns", value_parser = ["network"])]
     pub empty_ns: Option<String>,
     /// Accepted for runc compatibility.
     #[arg(long = "auto-dedup")]

@@ -27,12 +27,14 @@ use crate::{bundle, hooks, sys};
 /// The stdio of the init at checkpoint time (as runc's descriptors.json).
 const DESCRIPTORS: &str = "descriptors.json";
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct CriuFlags {
     pub tcp_established: bool,
     pub ext_unix_sk: bool,
     pub shell_job: bool,
     pub file_locks: bool,
+    /// `--empty-ns network`: the network namespace is neither saved nor restored (as runc).
+    pub empty_net: bool,
     /// criu_cg_mode (none, props, soft, full, strict).
     pub manage_cgroups_mode: Option<u32>,
     pub lazy_pages: bool,
@@ -123,6 +125,7 @@ fn mode_of(f: &CriuFlags, o: &mut Opts) {
     o.ext_unix_sk = f.ext_unix_sk;
     o.shell_job = f.shell_job;
     o.file_locks = f.file_locks;
+    o.empty_ns = f.empty_net.then_some(libc::CLONE_NEWNET as u32);
     o.manage_cgroups = true;
     o.manage_cgroups_mode = f.manage_cgroups_mode;
     o.lazy_pages = f.lazy_pages;

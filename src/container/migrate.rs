@@ -318,12 +318,8 @@ pub fn migrate(
     });
     let local = conn.stream.local_addr().map_err(mig)?;
     let flags = CriuFlags {
-        tcp_established: o.flags.tcp_established,
-        ext_unix_sk: o.flags.ext_unix_sk,
-        shell_job: o.flags.shell_job,
-        file_locks: o.flags.file_locks,
-        manage_cgroups_mode: o.flags.manage_cgroups_mode,
         lazy_pages: o.lazy,
+        ..o.flags.clone()
     };
     let criu_pid = AtomicI32::new(0);
     let (status_r, status_w) = if o.lazy {

@@ -182,6 +182,55 @@ fn checkpoint_and_restore_continue_the_count() {
     assert!(c2 > c1, "restored counter keeps counting: {c1} -> {c2}");
 }
 
+/// The container's network namespace is saved with its configuration (runvz's default: lo
+/// is up again after restore) unless `--empty-ns network` (runc's fixed choice: a new, empty
+/// namespace, lo down). Differential for the flag; the default is runvz's.
+#[test]
+fn network_namespace_saved_or_left_empty() {
+    let t = setup!("cpt-netns");
+    if !have_criu("cpt-netns") {
+        return;
+    }
+    let lo_up = |id: &str| {
+        let pid = t.pid(id).to_string();
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &pid, "-n", "ip", "-o", "link", "show", "lo"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("UP")
+    };
+    // The container brings lo up itself, then counts.
+    let b = t
+        .bundle()
+        .sh(&format!(
+            "ip link set lo up 2>/dev/null || ifconfig lo up; {COUNTER}"
+        ))
+        .set("/process/capabilities/effective", json!(["CAP_NET_ADMIN"]))
+        .set("/process/capabilities/permitted", json!(["CAP_NET_ADMIN"]))
+        .set("/process/capabilities/bounding", json!(["CAP_NET_ADMIN"]));
+    start(&t, &b);
+    assert!(lo_up(&b.id), "the container did not bring lo up");
+    // In this order: each round dumps what the one before restored.
+    let cases: &[(&[&str], Option<bool>)] = &[
+        // runc always leaves the namespace empty; runvz saves it.
+        (&[], t.rt.is_runvz().then_some(true)),
+        (&["--empty-ns", "network"], Some(false)),
+    ];
+    for (i, (flags, want_up)) in cases.iter().enumerate() {
+        let (ip, is) = img(&t, &format!("img{i}"));
+        dump_ok(&t, &b.id, &ip, &is, flags);
+        restore_ok(&t, &b, &b.id, &ip, &is, flags);
+        let c1 = count(&t, &b.id, "n");
+        assert!(
+            wait_count(&t, &b.id, "n", c1 + 3) > c1,
+            "{flags:?}: restored counter keeps counting"
+        );
+        if let Some(up) = want_up {
+            assert_eq!(lo_up(&b.id), *up, "{flags:?}: lo up after restore");
+        }
+    }
+}
+
 #[test]
 fn leave_running_then_restore_goes_back_in_time() {
     let t = setup!("cpt-leave");
