@@ -224,8 +224,12 @@ fn offered_config(c: &Container) -> Result<serde_json::Value, ContainerError> {
     })?;
     if let Some(mounts) = cfg.get_mut("mounts").and_then(|m| m.as_array_mut()) {
         for m in mounts {
+            let bind = m.get("type").and_then(|t| t.as_str()) == Some("bind")
+                || m.get("options")
+                    .and_then(|o| o.as_array())
+                    .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"));
             if let Some(src) = m.get("source").and_then(|s| s.as_str()) {
-                if !src.starts_with('/') && m.get("type").and_then(|t| t.as_str()) == Some("bind") {
+                if bind && !src.starts_with('/') {
                     let abs = c.rec.bundle.join(src).display().to_string();
                     m["source"] = abs.into();
                 }
