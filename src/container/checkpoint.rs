@@ -16,7 +16,7 @@ use nix::mount::MsFlags;
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
 use super::create::{
-    abandon, connect_console, creating_record, load_bundle, write_pid_file, write_ub_files,
+    abandon, commit, connect_console, creating_record, load_bundle, write_ub_files,
 };
 use super::{lock_live, ContainerError};
 use crate::cgroups::Cgroup;
@@ -566,19 +566,14 @@ pub fn restore(store: &Store, id: &str, opts: &RestoreOptions) -> Result<i32, Co
     };
     rec.pid = pid;
     rec.pid_start = sys::proc_start_time(pid).map(|s| s.0).unwrap_or(0);
-    rec.status = Status::Running;
-    rec.creator_pid = 0;
-    rec.creator_start = 0;
-    if let Err(e) = locked.write(&rec) {
-        abandon(locked, Some(&cgroup), pid, &rec);
-        return Err(e.into());
-    }
-    if let Some(p) = opts.pid_file {
-        if let Err(e) = write_pid_file(p, pid, id) {
-            abandon(locked, Some(&cgroup), pid, &rec);
-            return Err(e);
-        }
-    }
+    let locked = commit(
+        locked,
+        &cgroup,
+        pid,
+        &mut rec,
+        Status::Running,
+        opts.pid_file,
+    )?;
     drop(locked);
     if opts.detach {
         return Ok(0);

@@ -107,6 +107,32 @@ pub(super) fn write_ub_files(
 }
 
 /// Undo a failed create: kill and remove the cgroup (with everything in it), then the record.
+/// The last step of `create` and `restore`: the record says `status` and has no creator any
+/// more, then the pid file is written; if either fails, everything is undone.
+pub(super) fn commit(
+    locked: Locked,
+    cgroup: &Cgroup,
+    pid: i32,
+    rec: &mut Record,
+    status: Status,
+    pid_file: Option<&Path>,
+) -> Result<Locked, ContainerError> {
+    rec.status = status;
+    rec.creator_pid = 0;
+    rec.creator_start = 0;
+    if let Err(e) = locked.write(rec) {
+        abandon(locked, Some(cgroup), pid, rec);
+        return Err(e.into());
+    }
+    if let Some(p) = pid_file {
+        if let Err(e) = write_pid_file(p, pid, &rec.id) {
+            abandon(locked, Some(cgroup), pid, rec);
+            return Err(e);
+        }
+    }
+    Ok(locked)
+}
+
 pub(super) fn abandon(locked: Locked, cgroup: Option<&Cgroup>, pid: i32, rec: &Record) {
     if pid > 0 {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
@@ -303,19 +329,14 @@ pub(super) fn create_with_console(
         abandon(locked, Some(&cgroup), pid, &rec);
         return Err(e);
     }
-    rec.status = Status::Created;
-    rec.creator_pid = 0;
-    rec.creator_start = 0;
-    if let Err(e) = locked.write(&rec) {
-        abandon(locked, Some(&cgroup), pid, &rec);
-        return Err(e.into());
-    }
-    if let Some(p) = opts.pid_file {
-        if let Err(e) = write_pid_file(p, pid, id) {
-            abandon(locked, Some(&cgroup), pid, &rec);
-            return Err(e);
-        }
-    }
+    let locked = commit(
+        locked,
+        &cgroup,
+        pid,
+        &mut rec,
+        Status::Created,
+        opts.pid_file,
+    )?;
     let dir = locked.dir.clone();
     drop(locked);
     Ok((Container { rec, dir }, ours))
