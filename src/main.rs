@@ -117,7 +117,7 @@ fn features() -> serde_json::Value {
     })
 }
 
-fn criu_flags(a: &cli::CriuArgs) -> container::CriuFlags {
+fn criu_flags(a: &cli::CriuFlagArgs) -> container::CriuFlags {
     container::CriuFlags {
         tcp_established: a.tcp_established,
         ext_unix_sk: a.ext_unix_sk,
@@ -215,7 +215,7 @@ fn run(cli: Cli) -> Result<i32> {
                 page_server,
                 status_fd: a.status_fd,
                 criu_pid: None,
-                flags: criu_flags(&a.criu),
+                flags: criu_flags(&a.criu.flags),
             };
             container::checkpoint(&store, &a.id, &opts)?;
         }
@@ -229,7 +229,7 @@ fn run(cli: Cli) -> Result<i32> {
                 detach: a.detach,
                 pid_file: a.pid_file.as_deref(),
                 console_socket: a.console_socket.as_deref(),
-                flags: criu_flags(&a.criu),
+                flags: criu_flags(&a.criu.flags),
             };
             return Ok(container::restore(&store, &a.id, &opts)?);
         }
@@ -239,16 +239,10 @@ fn run(cli: Cli) -> Result<i32> {
                 criu: &criu,
                 dest: &a.dest,
                 token: &a.token_file,
-                lazy: a.lazy_pages,
                 page_server_port: a.page_server_port,
                 shared_rootfs: a.shared_rootfs,
                 work_path: a.work_path.as_deref(),
-                flags: container::CriuFlags {
-                    tcp_established: a.tcp_established,
-                    ext_unix_sk: a.ext_unix_sk,
-                    file_locks: a.file_locks,
-                    ..Default::default()
-                },
+                flags: criu_flags(&a.flags),
             };
             let r = container::migrate(&store, &a.id, &opts)?;
             if a.format == "json" {

@@ -50,6 +50,16 @@ pub struct CriuArgs {
     /// Path for saving work files and logs (default: the image path).
     #[arg(long = "work-path")]
     pub work_path: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: CriuFlagArgs,
+    /// Accepted for runc compatibility.
+    #[arg(long = "auto-dedup")]
+    pub auto_dedup: bool,
+}
+
+/// What criu may dump and how (checkpoint, restore and migrate share them).
+#[derive(clap::Args, Debug)]
+pub struct CriuFlagArgs {
     /// Allow open TCP connections.
     #[arg(long = "tcp-established")]
     pub tcp_established: bool,
@@ -73,9 +83,6 @@ pub struct CriuArgs {
     /// unless asked not to).
     #[arg(long = "empty-ns", value_parser = ["network"])]
     pub empty_ns: Option<String>,
-    /// Accepted for runc compatibility.
-    #[arg(long = "auto-dedup")]
-    pub auto_dedup: bool,
 }
 
 /// Podman repeats flags (`--leave-running --leave-running`): the last one wins.
@@ -113,10 +120,6 @@ pub struct MigrateArgs {
     /// The secret both ends share (mode 0600, at least 16 bytes).
     #[arg(long = "token-file")]
     pub token_file: PathBuf,
-    /// Post-copy: restore at once and pull memory pages on demand from a criu page server
-    /// here (needs fs.pipe-max-size >= 4 MiB and userfaultfd).
-    #[arg(long = "lazy-pages")]
-    pub lazy_pages: bool,
     /// The page server's port (default: a free one).
     #[arg(long = "page-server-port")]
     pub page_server_port: Option<u16>,
@@ -126,15 +129,11 @@ pub struct MigrateArgs {
     /// Dump the images below this directory (default: the container's state directory).
     #[arg(long = "work-path")]
     pub work_path: Option<PathBuf>,
-    /// Allow open TCP connections.
-    #[arg(long = "tcp-established")]
-    pub tcp_established: bool,
-    /// Allow external unix sockets.
-    #[arg(long = "ext-unix-sk")]
-    pub ext_unix_sk: bool,
-    /// Handle file locks.
-    #[arg(long = "file-locks")]
-    pub file_locks: bool,
+    /// criu's flags; --lazy-pages is post-copy: the container runs there at once and its
+    /// memory pages are pulled on demand from a criu page server here (needs
+    /// fs.pipe-max-size >= 4 MiB and userfaultfd).
+    #[command(flatten)]
+    pub flags: CriuFlagArgs,
     /// Report format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub format: String,

@@ -39,13 +39,13 @@ pub struct MigrateOptions<'a> {
     /// HOST:PORT of a `runvz migrate-receive`.
     pub dest: &'a str,
     pub token: &'a Path,
-    pub lazy: bool,
-    /// The page server's port for `lazy` (default: a free one).
+    /// The page server's port for post-copy (`flags.lazy_pages`; default: a free one).
     pub page_server_port: Option<u16>,
     /// The rootfs is on storage both hosts see at the same path: do not copy it.
     pub shared_rootfs: bool,
     /// Where the images are dumped (default: the container's state directory).
     pub work_path: Option<&'a Path>,
+    /// criu's flags; `lazy_pages` makes it a post-copy migration.
     pub flags: CriuFlags,
 }
 
@@ -246,15 +246,12 @@ pub fn migrate(
 ) -> Result<MigrateReport, ContainerError> {
     let c = Container::load(store, id)?;
     let st = check_movable(id, &c, "migrated")?;
+    let lazy = o.flags.lazy_pages;
     let token = Token::load(o.token).map_err(mig)?;
     let mut rep = MigrateReport {
         id: id.into(),
         dest: o.dest.into(),
-        mode: if o.lazy {
-            "lazy-pages"
-        } else {
-            "stop-and-copy"
-        },
+        mode: if lazy { "lazy-pages" } else { "stop-and-copy" },
         ..Default::default()
     };
     let rootfs = c.rec.rootfs.clone();
@@ -272,10 +269,12 @@ pub fn migrate(
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         shared_rootfs: o.shared_rootfs.then(|| rootfs.display().to_string()),
-        lazy: o.lazy,
+        lazy,
         tcp_established: o.flags.tcp_established,
         ext_unix_sk: o.flags.ext_unix_sk,
+        shell_job: o.flags.shell_job,
         file_locks: o.flags.file_locks,
+        empty_net: o.flags.empty_net,
     };
     conn.send(&Msg::Offer(Box::new(offer))).map_err(mig)?;
     match conn.recv().map_err(mig)? {
@@ -321,18 +320,14 @@ pub fn migrate(
         None => store.root().join(id).join("migrate"),
     });
     let local = conn.stream.local_addr().map_err(mig)?;
-    let flags = CriuFlags {
-        lazy_pages: o.lazy,
-        ..o.flags.clone()
-    };
     let criu_pid = AtomicI32::new(0);
-    let (status_r, status_w) = if o.lazy {
+    let (status_r, status_w) = if lazy {
         let (r, w) = status_pipe()?;
         (Some(r), Some(w))
     } else {
         (None, None)
     };
-    let port = match (o.lazy, o.page_server_port) {
+    let port = match (lazy, o.page_server_port) {
         (false, _) => 0,
         (true, Some(p)) => p,
         (true, None) => TcpListener::bind((local.ip(), 0))
@@ -349,9 +344,9 @@ pub fn migrate(
         tcp_skip_in_flight: false,
         link_remap: false,
         pre_dump: false,
-        page_server: o.lazy.then(|| (local.ip().to_string(), i32::from(port))),
+        page_server: lazy.then(|| (local.ip().to_string(), i32::from(port))),
         status_fd: status_w.as_ref().map(|w| w.as_raw_fd()),
-        flags,
+        flags: o.flags.clone(),
         criu_pid: Some(&criu_pid),
     };
     let after_dump = |conn: &mut Conn, rep: &mut MigrateReport| -> Result<(), ContainerError> {
@@ -377,7 +372,7 @@ pub fn migrate(
         rep.image_bytes = send_tree(conn, TreeDest::Images, &images.0, &img, None)?.bytes;
         rep.copy_ms = ms(copy);
         conn.send(&Msg::Restore {
-            page_server: o.lazy.then(|| (local.ip().to_string(), port)),
+            page_server: lazy.then(|| (local.ip().to_string(), port)),
         })
         .map_err(mig)?;
         let (pid, restore_ms) = restored(conn, o.dest, id)?;
@@ -386,7 +381,7 @@ pub fn migrate(
         rep.frozen_ms = ms(frozen);
         Ok(())
     };
-    if o.lazy {
+    if lazy {
         let dumped = std::thread::scope(|s| -> Result<(), ContainerError> {
             let h = s.spawn(|| checkpoint(store, id, &copts));
             let ready = status_r
@@ -689,7 +684,9 @@ fn restore_here(
         (page_server.is_some(), "--lazy-pages"),
         (offer.tcp_established, "--tcp-established"),
         (offer.ext_unix_sk, "--ext-unix-sk"),
+        (offer.shell_job, "--shell-job"),
         (offer.file_locks, "--file-locks"),
+        (offer.empty_net, "--empty-ns=network"),
     ] {
         if on {
             cmd.arg(flag);

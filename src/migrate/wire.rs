@@ -73,9 +73,13 @@ pub struct Offer {
     /// The rootfs is on storage both hosts share, at this path: it is not copied.
     pub shared_rootfs: Option<String>,
     pub lazy: bool,
+    /// The criu flags restore needs too (as given to the dump).
     pub tcp_established: bool,
     pub ext_unix_sk: bool,
+    pub shell_job: bool,
     pub file_locks: bool,
+    /// `--empty-ns network`.
+    pub empty_net: bool,
 }
 
 pub struct Conn {
